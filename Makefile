@@ -1,0 +1,154 @@
+# nibble - one non-recursive Makefile.  Build output goes under build/.
+#
+#   make                 build libnibble and the programs into build/bin/
+#   make test            build everything and run every test (alias: check)
+#   make run             build, then open nib's chat on the default model
+#   make bench           print benchmark figures (asserts nothing)
+#   make install         install into $(DESTDIR)$(PREFIX)
+#
+# Switches: V=1 (show commands), DEBUG=1 (-O0 -g), SANITIZE=address,undefined,
+# NATIVE=1 (-march=native), WERROR=0 (do not turn warnings into errors).
+# Debug and sanitizer builds live in their own directories under build/ so
+# they never mix objects with the release build.
+
+CC ?= cc
+AR ?= ar
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
+DESTDIR ?=
+PKG_CONFIG ?= pkg-config
+
+STD = -std=c11 -D_GNU_SOURCE
+WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+ifneq ($(WERROR),0)
+WARN += -Werror
+endif
+OPT = -O2 -g
+BUILD = build
+ifeq ($(DEBUG),1)
+OPT = -O0 -g3
+BUILD = build/debug
+endif
+ifneq ($(SANITIZE),)
+OPT = -O1 -g -fno-omit-frame-pointer -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+SANITIZE_LDFLAGS = -fsanitize=$(SANITIZE)
+BUILD = build/sanitize
+endif
+ifeq ($(NATIVE),1)
+OPT += -march=native
+endif
+
+INCLUDES = -Icore/include -Icore/src -Icore/kernels
+FINAL_CFLAGS = $(STD) $(WARN) $(OPT) $(INCLUDES) -fvisibility=hidden -fPIC -MMD -MP $(CFLAGS)
+FINAL_LDFLAGS = $(SANITIZE_LDFLAGS) $(LDFLAGS)
+LIBS = -lm -lpthread
+
+JANSSON_CFLAGS := $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
+JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
+CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
+
+ifeq ($(V),1)
+Q =
+say =
+else
+Q = @
+say = @printf '  %-8s %s\n' $(1) $(2);
+endif
+
+ARCH := $(shell $(CC) -dumpmachine 2>/dev/null)
+
+# ------------------------------------------------------------------ sources
+LIB_SRC := $(sort $(wildcard core/src/*.c) $(wildcard core/kernels/*_ref.c) core/kernels/dispatch.c)
+ifneq ($(filter x86_64%,$(ARCH)),)
+LIB_SRC += $(sort $(wildcard core/kernels/*_avx2.c))
+endif
+ifneq ($(filter aarch64%,$(ARCH)),)
+LIB_SRC += $(sort $(wildcard core/kernels/*_neon.c))
+endif
+TOOL_SRC := $(sort $(wildcard core/tools/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TESTUTIL_SRC := tests/testutil.c tests/gguf_builder.c
+
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
+TESTUTIL_OBJ := $(TESTUTIL_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+LIBNIBBLE := $(BUILD)/lib/libnibble.a
+NIBBLE := $(BUILD)/bin/nibble
+PROGRAMS := $(NIBBLE)
+
+.PHONY: all test check bench run install uninstall clean
+.DEFAULT_GOAL := all
+
+all: $(PROGRAMS) $(BUILD)/lib/nibble.pc
+
+$(BUILD)/obj/%.o: %.c
+	$(call say,CC,$<)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_CFLAGS) -c $< -o $@
+
+# SIMD variants are compiled for their instruction set and only called after
+# the CPU has been checked at run time (core/kernels/dispatch.c).
+$(BUILD)/obj/core/kernels/%_avx2.o: FINAL_CFLAGS += -mavx2 -mfma -mf16c
+
+$(BUILD)/obj/core/tools/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS)
+$(BUILD)/obj/tests/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS) -Wno-missing-prototypes
+
+$(LIBNIBBLE): $(LIB_OBJ)
+	$(call say,AR,$@)
+	@mkdir -p $(@D)
+	$(Q)rm -f $@ && $(AR) rcs $@ $^
+
+$(NIBBLE): $(TOOL_OBJ) $(LIBNIBBLE)
+	$(call say,LINK,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $(TOOL_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
+
+$(BUILD)/lib/nibble.pc: Makefile
+	@mkdir -p $(@D)
+	@printf 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: nibble\nDescription: local LLaMA-family inference\nVersion: %s\nLibs: -L$${libdir} -lnibble -lm -lpthread\nCflags: -I$${includedir}\n' \
+		'$(PREFIX)' '$(LIBDIR)' '$(INCDIR)' \
+		"$$(sed -n 's/^#define NB_VERSION "\(.*\)"/\1/p' core/include/nibble.h)" > $@
+
+# ------------------------------------------------------------------ tests
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
+	$(call say,LINK,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $< $(TESTUTIL_OBJ) $(LIBNIBBLE) $(CMOCKA_LIBS) $(JANSSON_LIBS) $(LIBS)
+
+# Tests find the programs through NIBBLE_BIN and the shared reference data
+# through NIBBLE_TEST_DATA (default ../shared beside the checkout).
+test check: all $(TEST_BIN)
+	@NIBBLE_BIN=$(abspath $(BUILD)/bin) NIBBLE_SRC=$(CURDIR) ./tests/run-tests $(TEST_BIN)
+
+bench: all
+	@echo "benchmarks arrive with the SIMD kernels (issue 3); nothing to measure yet"
+
+run: all
+	@echo "nib arrives with the shell issue; meanwhile: $(NIBBLE) run -m MODEL -p PROMPT"
+
+# ------------------------------------------------------------------ install
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(MANDIR)/man1
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(BINDIR)/
+	install -m 644 $(LIBNIBBLE) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(BUILD)/lib/nibble.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 644 core/include/nibble.h $(DESTDIR)$(INCDIR)/
+	install -m 644 doc/nibble.1 $(DESTDIR)$(MANDIR)/man1/
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(PROGRAMS)))
+	rm -f $(DESTDIR)$(LIBDIR)/libnibble.a $(DESTDIR)$(LIBDIR)/pkgconfig/nibble.pc
+	rm -f $(DESTDIR)$(INCDIR)/nibble.h $(DESTDIR)$(MANDIR)/man1/nibble.1
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
+
+# Keep test objects: they are intermediates of the test binaries.
+.SECONDARY:

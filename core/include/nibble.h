@@ -1,0 +1,325 @@
+/*
+ * nibble.h - the public interface of libnibble.
+ *
+ * libnibble loads LLaMA-family models from GGUF files, tokenizes text,
+ * evaluates the transformer on the CPU and samples tokens.  This header is
+ * the reference documentation: every function states its contract,
+ * ownership and errors beside its prototype.
+ *
+ * Conventions
+ *  - Every fallible call returns nb_status; NB_OK is 0 and codes are never
+ *    renumbered.  nb_strerror() gives the generic text; functions that can
+ *    fail in interesting ways also write a detailed message into a caller
+ *    buffer (err, errlen) or keep it on the handle (nb_*_errmsg).
+ *  - Close/free functions accept NULL.
+ *  - The library never prints, never exits and never aborts on bad input.
+ *  - A model is immutable after nb_model_open() and may be shared by any
+ *    number of contexts on any threads.  A context (KV cache and scratch)
+ *    belongs to one thread at a time.
+ */
+#ifndef NIBBLE_H
+#define NIBBLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NB_VERSION_MAJOR 0
+#define NB_VERSION_MINOR 1
+#define NB_VERSION_PATCH 0
+#define NB_VERSION "0.1.0"
+
+#if defined(__GNUC__)
+#define NB_API __attribute__((visibility("default")))
+#else
+#define NB_API
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Status codes                                                        */
+
+typedef enum nb_status {
+    NB_OK = 0,
+    NB_ERR_IO = 1,          /* a file could not be opened, read or mapped */
+    NB_ERR_FORMAT = 2,      /* the file is not valid GGUF or is corrupt */
+    NB_ERR_UNSUPPORTED = 3, /* valid, but uses something nibble lacks */
+    NB_ERR_NOMEM = 4,       /* an allocation failed */
+    NB_ERR_INVALID = 5,     /* a bad argument (token id, size, option) */
+    NB_ERR_CONTEXT_FULL = 6,/* the KV cache has no room for the tokens */
+    NB_ERR_CANCELLED = 7    /* the operation was cancelled by the caller */
+} nb_status;
+
+/* Generic one-line description of a status.  Never NULL. */
+NB_API const char *nb_strerror(nb_status status);
+
+/* The library's version string, NB_VERSION at build time. */
+NB_API const char *nb_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Tensor types, numbered as in GGUF (ggml).                           */
+
+typedef enum nb_type {
+    NB_TYPE_F32 = 0,
+    NB_TYPE_F16 = 1,
+    NB_TYPE_Q4_0 = 2,
+    NB_TYPE_Q4_1 = 3,
+    NB_TYPE_Q5_0 = 6,
+    NB_TYPE_Q5_1 = 7,
+    NB_TYPE_Q8_0 = 8,
+    NB_TYPE_Q8_1 = 9,   /* activations only */
+    NB_TYPE_Q2_K = 10,
+    NB_TYPE_Q3_K = 11,
+    NB_TYPE_Q4_K = 12,
+    NB_TYPE_Q5_K = 13,
+    NB_TYPE_Q6_K = 14,
+    NB_TYPE_Q8_K = 15,  /* activations only */
+    NB_TYPE_IQ4_NL = 20,
+    NB_TYPE_BF16 = 30,
+    NB_TYPE_COUNT = 40  /* one past the largest id GGUF has defined */
+} nb_type;
+
+/* Name of a type as GGUF tools print it ("Q4_K"), or NULL for an id that
+ * no GGUF writer has used.  Knows the names of types nibble cannot compute
+ * so that errors can name them. */
+NB_API const char *nb_type_name(int type);
+
+/* 1 when nibble can load weights of this type, else 0. */
+NB_API int nb_type_supported(int type);
+
+/* ------------------------------------------------------------------ */
+/* GGUF files: read-only access to metadata, for tools such as info.   */
+
+typedef struct nb_gguf nb_gguf;
+
+typedef enum nb_gguf_vtype {
+    NB_GGUF_UINT8 = 0, NB_GGUF_INT8 = 1, NB_GGUF_UINT16 = 2, NB_GGUF_INT16 = 3,
+    NB_GGUF_UINT32 = 4, NB_GGUF_INT32 = 5, NB_GGUF_FLOAT32 = 6, NB_GGUF_BOOL = 7,
+    NB_GGUF_STRING = 8, NB_GGUF_ARRAY = 9, NB_GGUF_UINT64 = 10, NB_GGUF_INT64 = 11,
+    NB_GGUF_FLOAT64 = 12
+} nb_gguf_vtype;
+
+/* Map and validate a GGUF file (v2 or v3).  Every metadata value, tensor
+ * shape, type, offset and size is checked against the file; on failure
+ * *out is NULL and err holds a message naming the problem. */
+NB_API nb_status nb_gguf_open(const char *path, nb_gguf **out, char *err, size_t errlen);
+/* Parse a GGUF image already in memory.  The buffer must outlive the
+ * handle.  Same validation as nb_gguf_open. */
+NB_API nb_status nb_gguf_open_memory(const void *data, size_t size, nb_gguf **out,
+                                     char *err, size_t errlen);
+NB_API void nb_gguf_close(nb_gguf *g);
+
+NB_API uint32_t nb_gguf_version(const nb_gguf *g);
+NB_API int64_t nb_gguf_n_kv(const nb_gguf *g);
+NB_API int64_t nb_gguf_n_tensors(const nb_gguf *g);
+/* Key of metadata entry i (0 <= i < n_kv).  Owned by the handle. */
+NB_API const char *nb_gguf_key(const nb_gguf *g, int64_t i);
+NB_API nb_gguf_vtype nb_gguf_kv_type(const nb_gguf *g, int64_t i);
+/* Index of a key, or -1. */
+NB_API int64_t nb_gguf_find(const nb_gguf *g, const char *key);
+/* Render value i as text into buf (truncated with "..." after max_items
+ * array elements).  Returns the length it wanted, like snprintf. */
+NB_API size_t nb_gguf_format_value(const nb_gguf *g, int64_t i, char *buf, size_t cap,
+                                   int max_items);
+/* Tensor i: name (owned by the handle), type and shape (ne[0] is the
+ * contiguous row length; unused dimensions are 1). */
+NB_API const char *nb_gguf_tensor_name(const nb_gguf *g, int64_t i);
+NB_API int nb_gguf_tensor_type(const nb_gguf *g, int64_t i);
+NB_API void nb_gguf_tensor_shape(const nb_gguf *g, int64_t i, int64_t ne[4]);
+NB_API uint64_t nb_gguf_tensor_nbytes(const nb_gguf *g, int64_t i);
+
+/* ------------------------------------------------------------------ */
+/* Models                                                              */
+
+typedef struct nb_model nb_model;
+typedef int32_t nb_token;
+
+typedef struct nb_model_params {
+    int vocab_only; /* load the tokenizer only: a vocabulary file is enough */
+    int use_mmap;   /* 1 (default): weights are used in place from a read-only
+                       mapping; 0: the file is read into private memory */
+} nb_model_params;
+
+NB_API nb_model_params nb_model_default_params(void);
+
+/* Open a model.  The architecture must be one nibble implements (llama);
+ * anything else is refused with a message that names it.  On failure
+ * *out is NULL and err (when given) holds a one-line message. */
+NB_API nb_status nb_model_open(const char *path, const nb_model_params *params,
+                               nb_model **out, char *err, size_t errlen);
+NB_API void nb_model_close(nb_model *m);
+
+/* A summary of a loaded model, for `nibble info` and status replies.
+ * Strings point into the model and live as long as it. */
+typedef struct nb_model_info {
+    const char *path;
+    const char *name;          /* general.name, or "" */
+    const char *arch;          /* general.architecture */
+    const char *tokenizer;     /* tokenizer.ggml.model, e.g. "llama" (SPM) */
+    const char *file_type;     /* predominant weight type, e.g. "Q4_0" */
+    int vocab_only;
+    int n_vocab;
+    int n_ctx_train;
+    int n_embd;
+    int n_layer;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int n_ff;
+    int n_rot;                 /* rotary dimensions per head */
+    float rope_freq_base;
+    float rms_eps;
+    int tied_output;           /* 1 when output.weight is absent */
+    nb_token bos, eos;         /* -1 when the vocabulary has none */
+    int add_bos, add_eos;
+    uint64_t file_size;
+    uint64_t n_params;         /* elements in all weight tensors */
+    uint64_t weight_bytes;     /* bytes of tensor data */
+    uint64_t kv_bytes_per_token; /* KV cache cost of one token (F16 cache) */
+    int type_tensors[NB_TYPE_COUNT]; /* tensors of each type */
+} nb_model_info;
+
+NB_API void nb_model_get_info(const nb_model *m, nb_model_info *info);
+NB_API int nb_model_n_vocab(const nb_model *m);
+NB_API int nb_model_n_ctx_train(const nb_model *m);
+NB_API nb_token nb_model_bos(const nb_model *m);
+NB_API nb_token nb_model_eos(const nb_model *m);
+/* 1 when generation should stop at this token (EOS, EOT and the like). */
+NB_API int nb_model_is_eog(const nb_model *m, nb_token t);
+/* The metadata of the model file. */
+NB_API const nb_gguf *nb_model_gguf(const nb_model *m);
+
+/* ------------------------------------------------------------------ */
+/* Tokenizer                                                           */
+
+enum {
+    NB_TOK_ADD_SPECIAL = 1,   /* add BOS/EOS as the model's metadata asks */
+    NB_TOK_PARSE_SPECIAL = 2  /* control-token text such as "</s>" in the
+                                 input becomes that token; otherwise it is
+                                 tokenized as plain text */
+};
+
+/* Tokenize len bytes of text (any bytes; invalid UTF-8 is byte-encoded).
+ * Writes at most cap ids to out and returns how many the text needs, so a
+ * return value > cap means "call again with a bigger buffer".  Returns a
+ * negative nb_status on failure (-NB_ERR_NOMEM). */
+NB_API int64_t nb_tokenize(const nb_model *m, const char *text, size_t len, nb_token *out,
+                           int64_t cap, int flags);
+
+enum {
+    NB_PIECE_SPECIAL = 1 /* render control tokens (BOS, EOS) as their text */
+};
+
+/* The bytes a token stands for (SPM "▁" becomes a space, byte tokens
+ * become their byte).  Writes at most cap bytes, returns the full length,
+ * or -NB_ERR_INVALID for an id outside the vocabulary.  The bytes may be
+ * part of a UTF-8 character; use nb_detok for streaming text. */
+NB_API int nb_token_piece(const nb_model *m, nb_token t, char *buf, size_t cap, int flags);
+
+/* Streaming detokenizer: turns a sequence of tokens into valid UTF-8,
+ * holding back a character until all its bytes have arrived.  Bytes that
+ * can never form a valid character come out as U+FFFD.  Plain struct:
+ * zero it (or call nb_detok_init) before use. */
+typedef struct nb_detok {
+    unsigned char pending[4];
+    int n_pending;
+    int flags;                 /* NB_PIECE_* */
+} nb_detok;
+
+NB_API void nb_detok_init(nb_detok *d, int flags);
+/* Append the text of token t to out (at most cap bytes are written,
+ * always NUL-terminated when cap > 0).  Returns the number of bytes this
+ * call produced; a token piece is at most 256 bytes, so cap >= 260 always
+ * suffices. */
+NB_API size_t nb_detok_push(nb_detok *d, const nb_model *m, nb_token t, char *out, size_t cap);
+/* Emit what is still held back (as U+FFFD: it was never completed). */
+NB_API size_t nb_detok_flush(nb_detok *d, char *out, size_t cap);
+
+/* ------------------------------------------------------------------ */
+/* Evaluation contexts (KV cache + scratch)                            */
+
+typedef struct nb_ctx nb_ctx;
+
+typedef struct nb_ctx_params {
+    int n_ctx;     /* KV cache size in tokens; 0 = the model's training
+                      context, capped at 4096 */
+    int n_batch;   /* largest number of tokens evaluated in one pass
+                      (default 512); longer inputs are split */
+    int n_threads; /* worker threads; 0 = default */
+} nb_ctx_params;
+
+NB_API nb_ctx_params nb_ctx_default_params(void);
+
+NB_API nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **out,
+                            char *err, size_t errlen);
+NB_API void nb_ctx_free(nb_ctx *c);
+NB_API int nb_ctx_n_ctx(const nb_ctx *c);
+/* Number of tokens held in the KV cache. */
+NB_API int nb_ctx_n_past(const nb_ctx *c);
+/* Forget every cached token from position n on (0 clears the cache). */
+NB_API nb_status nb_ctx_truncate(nb_ctx *c, int n);
+
+/* Evaluate n tokens at positions n_past .. n_past+n-1 and append them to
+ * the KV cache.  all_logits = 0 computes logits for the last token only;
+ * 1 computes them for every one of the n tokens.  Errors:
+ * NB_ERR_INVALID for a token id outside the vocabulary or n <= 0,
+ * NB_ERR_CONTEXT_FULL when n_past + n > n_ctx (nothing is evaluated). */
+NB_API nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits);
+/* Logits (n_vocab floats) of token i of the last decode: i in [0, n) when
+ * all_logits was set, otherwise only i = n-1 or i = -1 (the last).  NULL
+ * when unavailable.  Valid until the next decode. */
+NB_API const float *nb_ctx_logits(const nb_ctx *c, int i);
+NB_API const char *nb_ctx_errmsg(const nb_ctx *c);
+
+/* ------------------------------------------------------------------ */
+/* Sampling                                                            */
+
+typedef struct nb_sampler nb_sampler;
+
+typedef struct nb_sampler_params {
+    float temp;             /* <= 0: greedy (argmax); default 0.8 */
+    int top_k;              /* 0 = off; default 40 */
+    float top_p;            /* 1 = off; default 0.95 */
+    float min_p;            /* 0 = off; default 0.05 */
+    float repeat_penalty;   /* 1 = off; default 1.0 */
+    int repeat_last_n;      /* window for the penalties; default 64 */
+    float freq_penalty;     /* 0 = off */
+    float presence_penalty; /* 0 = off */
+    uint64_t seed;          /* a given seed reproduces its output exactly */
+} nb_sampler_params;
+
+NB_API nb_sampler_params nb_sampler_default_params(void);
+/* Check a parameter set; returns NB_ERR_INVALID and a message for values
+ * out of range (negative temperature, top_p outside [0,1], ...). */
+NB_API nb_status nb_sampler_params_check(const nb_sampler_params *p, char *err, size_t errlen);
+NB_API nb_status nb_sampler_new(const nb_sampler_params *p, int n_vocab, nb_sampler **out);
+NB_API void nb_sampler_free(nb_sampler *s);
+/* Choose the next token from n_vocab logits.  Does not modify logits. */
+NB_API nb_token nb_sampler_sample(nb_sampler *s, const float *logits);
+/* Record a token of the sequence (prompt or generated) for penalties. */
+NB_API void nb_sampler_accept(nb_sampler *s, nb_token t);
+/* Forget the history and reseed. */
+NB_API void nb_sampler_reset(nb_sampler *s, uint64_t seed);
+
+/* Stop strings: feed generated text, get back how much of it is safe to
+ * show.  Text that could be the start of a stop string is held back until
+ * it is decided.  The stop string itself is never shown. */
+typedef struct nb_stopper nb_stopper;
+
+NB_API nb_status nb_stopper_new(const char *const *stops, int n_stops, nb_stopper **out);
+NB_API void nb_stopper_free(nb_stopper *s);
+/* Append len bytes.  *emit receives a pointer to text that may now be
+ * shown and *emit_len its length (valid until the next call).  Returns 1
+ * once a stop string has matched (emit then ends just before it), else 0. */
+NB_API int nb_stopper_feed(nb_stopper *s, const char *text, size_t len, const char **emit,
+                           size_t *emit_len);
+/* At the end of generation: the held-back text, which matched nothing. */
+NB_API void nb_stopper_flush(nb_stopper *s, const char **emit, size_t *emit_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NIBBLE_H */

@@ -1,0 +1,271 @@
+/*
+ * kernels.h - tensor block formats and the per-type kernel table.
+ *
+ * Block layouts are byte-compatible with GGUF files written by llama.cpp
+ * (ggml), so weights are used in place from the mapped file.  Each type
+ * has a readable scalar reference in <type>_ref.c; SIMD variants replace
+ * entries of the active table at start-up (dispatch.c).
+ *
+ * Matrix products quantize the activation vector once into the weight
+ * type's "vec_dot_type" (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) and then run
+ * integer or float dot products against every weight row, as ggml does.
+ * Matching ggml's activation formats is what makes our logits agree with
+ * llama.cpp's to within rounding.
+ */
+#ifndef NIBBLE_KERNELS_H
+#define NIBBLE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "nibble.h"
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK8_1 32
+#define QK4_NL 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef uint16_t nb_fp16; /* IEEE half, stored as bits */
+typedef uint16_t nb_bf16; /* bfloat16, stored as bits */
+
+typedef struct {
+    nb_fp16 d;            /* scale */
+    uint8_t qs[QK4_0 / 2]; /* nibbles: low = element j, high = element j+16 */
+} block_q4_0;
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 size");
+
+typedef struct {
+    nb_fp16 d, m;         /* scale, minimum */
+    uint8_t qs[QK4_1 / 2];
+} block_q4_1;
+_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 size");
+
+typedef struct {
+    nb_fp16 d;
+    uint8_t qh[4];        /* fifth bit of each element */
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0;
+_Static_assert(sizeof(block_q5_0) == 22, "block_q5_0 size");
+
+typedef struct {
+    nb_fp16 d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1;
+_Static_assert(sizeof(block_q5_1) == 24, "block_q5_1 size");
+
+typedef struct {
+    nb_fp16 d;
+    int8_t qs[QK8_0];
+} block_q8_0;
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 size");
+
+typedef struct {
+    nb_fp16 d;            /* scale */
+    nb_fp16 s;            /* d * sum(qs) */
+    int8_t qs[QK8_1];
+} block_q8_1;
+_Static_assert(sizeof(block_q8_1) == 36, "block_q8_1 size");
+
+typedef struct {
+    nb_fp16 d;
+    uint8_t qs[QK4_NL / 2]; /* indices into a fixed non-linear table */
+} block_iq4_nl;
+_Static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl size");
+
+/* K-quants: super-blocks of 256 elements. */
+typedef struct {
+    uint8_t scales[QK_K / 16]; /* 4-bit scale and 4-bit min per 16 */
+    uint8_t qs[QK_K / 4];      /* 2-bit quants */
+    nb_fp16 d, dmin;
+} block_q2_K;
+_Static_assert(sizeof(block_q2_K) == 84, "block_q2_K size");
+
+typedef struct {
+    uint8_t hmask[QK_K / 8];   /* high bit */
+    uint8_t qs[QK_K / 4];      /* low 2 bits */
+    uint8_t scales[12];        /* 16 scales of 6 bits */
+    nb_fp16 d;
+} block_q3_K;
+_Static_assert(sizeof(block_q3_K) == 110, "block_q3_K size");
+
+typedef struct {
+    nb_fp16 d, dmin;
+    uint8_t scales[K_SCALE_SIZE]; /* 8 scales and 8 mins of 6 bits */
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+_Static_assert(sizeof(block_q4_K) == 144, "block_q4_K size");
+
+typedef struct {
+    nb_fp16 d, dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+_Static_assert(sizeof(block_q5_K) == 176, "block_q5_K size");
+
+typedef struct {
+    uint8_t ql[QK_K / 2];      /* low 4 bits */
+    uint8_t qh[QK_K / 4];      /* high 2 bits */
+    int8_t scales[QK_K / 16];
+    nb_fp16 d;
+} block_q6_K;
+_Static_assert(sizeof(block_q6_K) == 210, "block_q6_K size");
+
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];  /* sum of qs in each group of 16 */
+} block_q8_K;
+_Static_assert(sizeof(block_q8_K) == 292, "block_q8_K size");
+
+/* ------------------------------------------------------------------ */
+/* Scalar conversions (exact, round-to-nearest-even).                  */
+
+static inline float nbi_fp16_to_fp32(nb_fp16 h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            man &= 0x3ff;
+            bits = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline nb_fp16 nbi_fp32_to_fp16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf or nan */
+        return (nb_fp16)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: overflow */
+        return (nb_fp16)(sign | 0x7c00);
+    if (ax < 0x38800000u) { /* below the smallest normal half: subnormal */
+        if (ax < 0x33000000u) /* less than half the smallest subnormal */
+            return (nb_fp16)sign;
+        uint32_t e = ax >> 23;
+        uint32_t m = (ax & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* 14..24 */
+        uint32_t r = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1);
+        uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1)))
+            r++;
+        return (nb_fp16)(sign | r);
+    }
+    uint32_t r = ax + 0xfff + ((ax >> 13) & 1); /* round to nearest even */
+    r -= (127u - 15u) << 23;
+    return (nb_fp16)(sign | (r >> 13));
+}
+
+static inline float nbi_bf16_to_fp32(nb_bf16 h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* As ggml: nearest-even, NaN made quiet.  Subnormals are rounded like any
+ * other value, not flushed: ggml stopped flushing them in llama.cpp PR 7843
+ * (2024), and a BF16 GGUF may hold them. */
+static inline nb_bf16 nbi_fp32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (nb_bf16)((u >> 16) | 64);
+    return (nb_bf16)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}
+
+/* ------------------------------------------------------------------ */
+/* Per-type facts and kernels.                                         */
+
+typedef struct nbi_type_info {
+    const char *name;  /* NULL for ids no GGUF writer uses */
+    int blck;          /* elements per block (1 for float types) */
+    size_t size;       /* bytes per block */
+    int vec_dot_type;  /* activation format for dot products (-1: none) */
+    int supported;     /* nibble loads weights of this type */
+} nbi_type_info;
+
+extern const nbi_type_info nbi_types[NB_TYPE_COUNT];
+
+/* Dequantize n elements (a multiple of the block size). */
+typedef void (*nbi_to_float_fn)(const void *restrict src, float *restrict dst, int64_t n);
+/* Quantize n elements (a multiple of the block size). */
+typedef void (*nbi_from_float_fn)(const float *restrict src, void *restrict dst, int64_t n);
+/* *s = dot(x, y) over n elements; x is a row of the weight type and y a
+ * row of that type's vec_dot_type. */
+typedef void (*nbi_vec_dot_fn)(int n, float *restrict s, const void *restrict x,
+                               const void *restrict y);
+
+typedef struct nbi_kernels {
+    const char *level;                      /* "ref", "avx2", "neon" */
+    nbi_to_float_fn to_float[NB_TYPE_COUNT];
+    nbi_from_float_fn from_float[NB_TYPE_COUNT]; /* activation formats */
+    nbi_vec_dot_fn vec_dot[NB_TYPE_COUNT];
+} nbi_kernels;
+
+/* The scalar reference table: always complete, never modified. */
+const nbi_kernels *nbi_kernels_ref(void);
+/* The table in use.  Chosen once (thread-safe) from the CPU's features;
+ * NIBBLE_KERNELS=ref in the environment forces the reference. */
+const nbi_kernels *nbi_kernels_get(void);
+
+/* Bytes of a row of n elements of type t; 0 when n <= 0, n is not a
+ * multiple of the block size, the type is unknown or the size would not
+ * fit in size_t. */
+size_t nbi_row_size(int type, int64_t n);
+
+/* Reference kernels, one set per type (the <type>_ref.c files). */
+#define NBI_DECLARE_REF(t)                                                                  \
+    void nbi_##t##_to_float_ref(const void *restrict src, float *restrict dst, int64_t n);  \
+    void nbi_##t##_from_float_ref(const float *restrict src, void *restrict dst, int64_t n); \
+    void nbi_##t##_vec_dot_ref(int n, float *restrict s, const void *restrict x,            \
+                               const void *restrict y);
+NBI_DECLARE_REF(f32)
+NBI_DECLARE_REF(f16)
+NBI_DECLARE_REF(bf16)
+NBI_DECLARE_REF(q4_0)
+NBI_DECLARE_REF(q4_1)
+NBI_DECLARE_REF(q5_0)
+NBI_DECLARE_REF(q5_1)
+NBI_DECLARE_REF(q8_0)
+NBI_DECLARE_REF(q8_1)
+NBI_DECLARE_REF(q2_K)
+NBI_DECLARE_REF(q3_K)
+NBI_DECLARE_REF(q4_K)
+NBI_DECLARE_REF(q5_K)
+NBI_DECLARE_REF(q6_K)
+NBI_DECLARE_REF(q8_K)
+NBI_DECLARE_REF(iq4_nl)
+#undef NBI_DECLARE_REF
+
+#endif /* NIBBLE_KERNELS_H */

@@ -1,0 +1,49 @@
+/*
+ * q8_1_ref.c - reference kernels for Q8_1 (activations only).
+ *
+ * Block of 32: an fp16 scale d, an fp16 s = d * sum(qs), and 32 signed
+ * bytes.  Q4_1 and Q5_1 weights carry a minimum m, and the dot product of
+ * that constant with the activations is m * sum(y) = m * s, so precomputing
+ * s lets the weight kernels skip the per-element minimum.  The quantizer
+ * reproduces ggml's quantize_row_q8_1_ref byte for byte: the same scale and
+ * rounding as Q8_0, and s is the integer sum times the unrounded d, rounded
+ * to fp16 once.
+ *
+ * ggml has no dot product with Q8_1 as the weight type, so neither do we
+ * (the vec_dot entry stays NULL).  to_float ignores s.
+ */
+#include <math.h>
+
+#include "kernels.h"
+
+void nbi_q8_1_to_float_ref(const void *restrict src, float *restrict dst, int64_t n)
+{
+    const block_q8_1 *x = src;
+    const int64_t nb = n / QK8_1;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = nbi_fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK8_1; j++)
+            dst[i * QK8_1 + j] = x[i].qs[j] * d;
+    }
+}
+
+void nbi_q8_1_from_float_ref(const float *restrict src, void *restrict dst, int64_t n)
+{
+    block_q8_1 *y = dst;
+    const int64_t nb = n / QK8_1;
+    for (int64_t i = 0; i < nb; i++) {
+        const float *x = src + i * QK8_1;
+        float amax = 0.0f;
+        for (int j = 0; j < QK8_1; j++)
+            amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = nbi_fp32_to_fp16(d);
+        int sum = 0;
+        for (int j = 0; j < QK8_1; j++) {
+            y[i].qs[j] = (int8_t)roundf(x[j] * id);
+            sum += y[i].qs[j];
+        }
+        y[i].s = nbi_fp32_to_fp16((float)sum * d);
+    }
+}

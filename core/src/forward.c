@@ -1,0 +1,432 @@
+/*
+ * forward.c - evaluation contexts and the LLaMA forward pass.
+ *
+ * A context owns a KV cache (F16, like llama.cpp's default, so a cached
+ * token costs 2 * n_layer * kv_dim * 2 bytes) and scratch buffers for a
+ * batch of up to n_batch tokens.  A decode call evaluates a whole batch of
+ * tokens layer by layer: each weight matrix is streamed once per batch,
+ * not once per token.
+ *
+ * Numerics follow ggml's CPU path where it rounds: activations are
+ * converted to the weight type's dot-product format, queries and softmax
+ * weights meet the F16 cache in F16, RMSNorm sums in double.  That keeps
+ * our logits within rounding of llama.cpp's.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define DEFAULT_N_CTX_CAP 4096
+#define DEFAULT_N_BATCH 512
+
+struct nb_ctx {
+    const nb_model *m;
+    const nbi_kernels *k;
+    int n_ctx, n_batch, n_threads;
+    int n_past;
+    nb_fp16 *kcache;   /* (n_layer, n_ctx, kv_dim) */
+    nb_fp16 *vcache;   /* (n_layer, n_ctx, kv_dim) */
+    /* scratch, sized for n_batch tokens */
+    float *x;          /* (B, n_embd) residual stream */
+    float *xn;         /* (B, n_embd) normalised input */
+    float *q;          /* (B, q_dim) */
+    float *kv;         /* (B, kv_dim) new keys, then values */
+    float *att;        /* (B, q_dim) attention output */
+    float *h1, *h2;    /* (B, n_ff) */
+    nb_fp16 *q16;      /* (head_dim) */
+    nb_fp16 *acc16;    /* (head_dim) attention accumulator */
+    float *rope_cs;    /* (n_rot) cos/sin pairs for one position */
+    void *qact;        /* quantized activations: B rows */
+    size_t qact_row;   /* bytes per row in qact */
+    float *logits;     /* (n_logits, n_vocab) */
+    size_t logits_cap; /* rows allocated */
+    int n_logits;      /* rows valid from the last decode */
+    int logits_first;  /* batch index of logits row 0 */
+    char errmsg[256];
+};
+
+nb_ctx_params nb_ctx_default_params(void)
+{
+    nb_ctx_params p = {0};
+    p.n_batch = DEFAULT_N_BATCH;
+    return p;
+}
+
+static void *alloc_floats(size_t n)
+{
+    return nbi_malloc_array(n ? n : 1, sizeof(float));
+}
+
+nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **out, char *err,
+                     size_t errlen)
+{
+    nb_ctx_params p = params ? *params : nb_ctx_default_params();
+    *out = NULL;
+    if (err && errlen)
+        err[0] = 0;
+    if (!m || m->vocab_only)
+        return nbi_err(err, errlen, NB_ERR_INVALID,
+                       "the model was opened for its vocabulary only and cannot be evaluated");
+    const nbi_hparams *hp = &m->hp;
+    if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
+        return nbi_err(err, errlen, NB_ERR_INVALID, "negative context, batch or thread count");
+    int n_ctx = p.n_ctx ? p.n_ctx : NBI_MIN(hp->n_ctx_train, DEFAULT_N_CTX_CAP);
+    if (n_ctx > (1 << 22))
+        return nbi_err(err, errlen, NB_ERR_INVALID, "context size %d is too large (limit %d)",
+                       n_ctx, 1 << 22);
+    int n_batch = p.n_batch ? p.n_batch : DEFAULT_N_BATCH;
+    n_batch = NBI_MIN(n_batch, n_ctx);
+    if (n_batch > 8192)
+        n_batch = 8192;
+
+    nb_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
+    c->m = m;
+    c->k = nbi_kernels_get();
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
+    c->n_threads = p.n_threads ? p.n_threads : 1;
+
+    size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * (size_t)hp->head_dim,
+           KV = (size_t)hp->n_head_kv * (size_t)hp->head_dim, F = (size_t)hp->n_ff,
+           B = (size_t)n_batch;
+    uint64_t cache_elems;
+    if (!nbi_mul_u64((uint64_t)hp->n_layer * (uint64_t)n_ctx, KV, &cache_elems) ||
+        cache_elems > SIZE_MAX / 4) {
+        free(c);
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "KV cache size overflows");
+    }
+    c->kcache = nbi_malloc_array((size_t)cache_elems, sizeof(nb_fp16));
+    c->vcache = nbi_malloc_array((size_t)cache_elems, sizeof(nb_fp16));
+    c->x = alloc_floats(B * E);
+    c->xn = alloc_floats(B * E);
+    c->q = alloc_floats(B * Q);
+    c->kv = alloc_floats(B * KV);
+    c->att = alloc_floats(B * Q);
+    c->h1 = alloc_floats(B * F);
+    c->h2 = alloc_floats(B * F);
+    c->q16 = nbi_malloc_array((size_t)hp->head_dim, sizeof(nb_fp16));
+    c->acc16 = nbi_malloc_array((size_t)hp->head_dim, sizeof(nb_fp16));
+    c->rope_cs = alloc_floats((size_t)hp->n_rot);
+
+    /* Activation rows are quantized for every weight type in the model;
+     * size the buffer for the widest format over the longest input. */
+    size_t row = 0;
+    const nbi_tensor *ws[] = {m->output, m->layers[0].wq, m->layers[0].wo,
+                              m->layers[0].w_down};
+    for (int l = 0; l < hp->n_layer; l++) {
+        const nbi_layer *L = &m->layers[l];
+        const nbi_tensor *lw[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (size_t i = 0; i < sizeof lw / sizeof lw[0]; i++)
+            row = NBI_MAX(row, nbi_row_size(nbi_types[lw[i]->type].vec_dot_type, lw[i]->ne[0]));
+    }
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+        row = NBI_MAX(row, nbi_row_size(nbi_types[ws[i]->type].vec_dot_type, ws[i]->ne[0]));
+    c->qact_row = (row + 63) & ~(size_t)63;
+    c->qact = nbi_malloc_array(B, c->qact_row);
+
+    if (!c->kcache || !c->vcache || !c->x || !c->xn || !c->q || !c->kv || !c->att || !c->h1 ||
+        !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->qact) {
+        nb_ctx_free(c);
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory allocating a %d-token context",
+                       n_ctx);
+    }
+    *out = c;
+    return NB_OK;
+}
+
+void nb_ctx_free(nb_ctx *c)
+{
+    if (!c)
+        return;
+    free(c->kcache);
+    free(c->vcache);
+    free(c->x);
+    free(c->xn);
+    free(c->q);
+    free(c->kv);
+    free(c->att);
+    free(c->h1);
+    free(c->h2);
+    free(c->q16);
+    free(c->acc16);
+    free(c->rope_cs);
+    free(c->qact);
+    free(c->logits);
+    free(c);
+}
+
+int nb_ctx_n_ctx(const nb_ctx *c) { return c->n_ctx; }
+int nb_ctx_n_past(const nb_ctx *c) { return c->n_past; }
+const char *nb_ctx_errmsg(const nb_ctx *c) { return c->errmsg; }
+
+nb_status nb_ctx_truncate(nb_ctx *c, int n)
+{
+    if (n < 0 || n > c->n_past)
+        return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID,
+                       "cannot truncate to %d tokens: the cache holds %d", n, c->n_past);
+    c->n_past = n;
+    return NB_OK;
+}
+
+/* ------------------------------------------------------------------ ops */
+
+/* y = x / rms(x) * w, summing the squares in double as ggml does. */
+static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = 0; i < n; i++)
+        y[i] = (x[i] * scale) * w[i];
+}
+
+/* y(B, n_out) = x(B, n_in) . W^T, where W has n_out rows of n_in.  The
+ * activations are converted once to the weight type's dot format; then
+ * each weight row is used for all B tokens while it is in cache. */
+static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
+{
+    const int n_in = (int)W->ne[0], n_out = (int)W->ne[1];
+    const int vt = nbi_types[W->type].vec_dot_type;
+    const nbi_from_float_fn quant = c->k->from_float[vt];
+    const nbi_vec_dot_fn dot = c->k->vec_dot[W->type];
+    const size_t wrow = nbi_row_size(W->type, n_in);
+    char *qa = c->qact;
+    for (int t = 0; t < B; t++)
+        quant(x + (size_t)t * n_in, qa + (size_t)t * c->qact_row, n_in);
+    const char *w = W->data;
+    for (int r = 0; r < n_out; r++) {
+        const char *wr = w + (size_t)r * wrow;
+        for (int t = 0; t < B; t++)
+            dot(n_in, &y[(size_t)t * n_out + r], wr, qa + (size_t)t * c->qact_row);
+    }
+}
+
+/* Rotary embedding on pairs (2i, 2i+1) of the first n_rot dimensions of
+ * each head.  theta grows by a constant factor per pair, computed by
+ * repeated multiplication as ggml does. */
+static void rope_prepare(const nb_model *m, float *cs, int pos)
+{
+    const nbi_hparams *hp = &m->hp;
+    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
+    float theta = (float)pos;
+    for (int i = 0; i < hp->n_rot; i += 2) {
+        float ff = m->rope_freqs ? m->rope_freqs[i / 2] : 1.0f;
+        float th = hp->rope_freq_scale * (theta / ff);
+        cs[i] = cosf(th);
+        cs[i + 1] = sinf(th);
+        theta *= theta_scale;
+    }
+}
+
+static void rope_apply(float *v, int n_heads, int head_dim, int n_rot, const float *cs)
+{
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * head_dim;
+        for (int i = 0; i < n_rot; i += 2) {
+            float x0 = x[i], x1 = x[i + 1];
+            x[i] = x0 * cs[i] - x1 * cs[i + 1];
+            x[i + 1] = x0 * cs[i + 1] + x1 * cs[i];
+        }
+    }
+}
+
+static inline float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* exp(x) by range reduction to 2^n * e^b with |b| <= ln2/2 and a degree-5
+ * polynomial: a vector-friendly expf accurate to ~1.5 ulp, the same
+ * formulation ggml's SIMD SiLU uses. */
+static float fast_expf(float x)
+{
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const uint32_t e = f_bits(z) << 23;
+    const float k = bits_f(e + f_bits(1.0f));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                         u, 0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f))
+        return fmaf(j, k, k);
+    const uint32_t d = n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = bits_f(d + 0x7f000000u);
+    const float s2 = bits_f(e - d);
+    if (fabsf(n) > 192.0f)
+        return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+static float silu(float x)
+{
+    return x / (1.0f + fast_expf(-x));
+}
+
+/* Attention of one query token at position pos over cache rows 0..pos.
+ *
+ * One pass with a running maximum (online softmax), accumulating the
+ * weighted values in F16, which is what llama.cpp's default (flash
+ * attention) CPU path computes.  Matching its rounding here is what lets
+ * greedy continuations agree token for token. */
+static void attend(nb_ctx *c, int layer, const float *q, int pos, float *out)
+{
+    const nbi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd;
+    const int group = hp->n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const nb_fp16 *K = c->kcache + (size_t)layer * c->n_ctx * kv_dim;
+    const nb_fp16 *V = c->vcache + (size_t)layer * c->n_ctx * kv_dim;
+    const nbi_vec_dot_fn dot16 = c->k->vec_dot[NB_TYPE_F16];
+    const nbi_from_float_fn to16 = c->k->from_float[NB_TYPE_F16];
+    nb_fp16 *acc = c->acc16;
+
+    for (int h = 0; h < hp->n_head; h++) {
+        const size_t koff = (size_t)(h / group) * hd;
+        to16(q + (size_t)h * hd, c->q16, hd);
+        memset(acc, 0, (size_t)hd * sizeof *acc);
+        float S = 0.0f, M = -INFINITY;
+        for (int j = 0; j <= pos; j++) {
+            float s;
+            dot16(hd, &s, K + (size_t)j * kv_dim + koff, c->q16);
+            s *= scale;
+            float ms = 1.0f, vs = 1.0f;
+            if (s > M) { /* new maximum: rescale what has been summed */
+                ms = expf(M - s);
+                M = s;
+                for (int d = 0; d < hd; d++)
+                    acc[d] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(acc[d]) * ms);
+            } else {
+                vs = expf(s - M);
+            }
+            const nb_fp16 *vr = V + (size_t)j * kv_dim + koff;
+            for (int d = 0; d < hd; d++)
+                acc[d] = nbi_fp32_to_fp16(fmaf(nbi_fp16_to_fp32(vr[d]), vs, nbi_fp16_to_fp32(acc[d])));
+            S = S * ms + vs;
+        }
+        const float inv = 1.0f / S;
+        float *o = out + (size_t)h * hd;
+        for (int d = 0; d < hd; d++)
+            o[d] = nbi_fp16_to_fp32(acc[d]) * inv;
+    }
+}
+
+/* Evaluate B tokens starting at position p0.  Logits are computed for
+ * batch rows [first, B). */
+static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int first)
+{
+    const nb_model *m = c->m;
+    const nbi_hparams *hp = &m->hp;
+    const int E = hp->n_embd, hd = hp->head_dim;
+    const int Qd = hp->n_head * hd, KVd = hp->n_head_kv * hd, F = hp->n_ff;
+    const nbi_to_float_fn embd_row = c->k->to_float[m->tok_embd->type];
+    const size_t embd_row_size = nbi_row_size(m->tok_embd->type, E);
+
+    for (int t = 0; t < B; t++)
+        embd_row((const char *)m->tok_embd->data + (size_t)tokens[t] * embd_row_size,
+                 c->x + (size_t)t * E, E);
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const nbi_layer *L = &m->layers[l];
+        nb_fp16 *Kc = c->kcache + ((size_t)l * c->n_ctx + p0) * KVd;
+        nb_fp16 *Vc = c->vcache + ((size_t)l * c->n_ctx + p0) * KVd;
+
+        for (int t = 0; t < B; t++)
+            rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+        matmul(c, L->wq, c->xn, B, c->q);
+        matmul(c, L->wk, c->xn, B, c->kv);
+        for (int t = 0; t < B; t++) {
+            rope_prepare(m, c->rope_cs, p0 + t);
+            rope_apply(c->q + (size_t)t * Qd, hp->n_head, hd, hp->n_rot, c->rope_cs);
+            rope_apply(c->kv + (size_t)t * KVd, hp->n_head_kv, hd, hp->n_rot, c->rope_cs);
+        }
+        c->k->from_float[NB_TYPE_F16](c->kv, Kc, (int64_t)B * KVd);
+        matmul(c, L->wv, c->xn, B, c->kv);
+        c->k->from_float[NB_TYPE_F16](c->kv, Vc, (int64_t)B * KVd);
+
+        for (int t = 0; t < B; t++)
+            attend(c, l, c->q + (size_t)t * Qd, p0 + t, c->att + (size_t)t * Qd);
+        matmul(c, L->wo, c->att, B, c->xn);
+        for (size_t i = 0; i < (size_t)B * E; i++)
+            c->x[i] += c->xn[i];
+
+        for (int t = 0; t < B; t++)
+            rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+        matmul(c, L->w_gate, c->xn, B, c->h1);
+        matmul(c, L->w_up, c->xn, B, c->h2);
+        for (size_t i = 0; i < (size_t)B * F; i++)
+            c->h1[i] = silu(c->h1[i]) * c->h2[i];
+        matmul(c, L->w_down, c->h1, B, c->xn);
+        for (size_t i = 0; i < (size_t)B * E; i++)
+            c->x[i] += c->xn[i];
+    }
+
+    const int n_out = B - first;
+    for (int t = first; t < B; t++)
+        rmsnorm(c->xn + (size_t)(t - first) * E, c->x + (size_t)t * E, m->output_norm, E,
+                hp->rms_eps);
+    float *dst = c->logits + (size_t)(c->n_logits) * hp->n_vocab;
+    matmul(c, m->output, c->xn, n_out, dst);
+    c->n_logits += n_out;
+}
+
+nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits)
+{
+    const int n_vocab = c->m->hp.n_vocab;
+    c->errmsg[0] = 0;
+    if (n <= 0 || !tokens)
+        return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID, "no tokens to evaluate");
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID,
+                           "token id %" PRId32 " at index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, n_vocab - 1);
+    if (n > c->n_ctx - c->n_past)
+        return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_CONTEXT_FULL,
+                       "%d tokens do not fit: %d of the %d-token context are in use", n,
+                       c->n_past, c->n_ctx);
+    size_t rows = all_logits ? (size_t)n : 1;
+    if (rows > c->logits_cap) {
+        float *nl = nbi_malloc_array(rows * (size_t)n_vocab, sizeof(float));
+        if (!nl)
+            return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_NOMEM,
+                           "out of memory for %zu rows of logits", rows);
+        free(c->logits);
+        c->logits = nl;
+        c->logits_cap = rows;
+    }
+    c->n_logits = 0;
+    c->logits_first = all_logits ? 0 : n - 1;
+    for (int done = 0; done < n;) {
+        int B = NBI_MIN(c->n_batch, n - done);
+        int first;
+        if (all_logits)
+            first = 0;
+        else
+            first = done + B == n ? B - 1 : B; /* only the very last token */
+        forward_batch(c, tokens + done, B, c->n_past, first);
+        c->n_past += B;
+        done += B;
+    }
+    return NB_OK;
+}
+
+const float *nb_ctx_logits(const nb_ctx *c, int i)
+{
+    if (c->n_logits == 0)
+        return NULL;
+    if (i < 0)
+        return c->logits + (size_t)(c->n_logits - 1) * c->m->hp.n_vocab;
+    int row = i - c->logits_first;
+    if (row < 0 || row >= c->n_logits)
+        return NULL;
+    return c->logits + (size_t)row * c->m->hp.n_vocab;
+}

@@ -1,0 +1,214 @@
+/*
+ * internal.h - declarations shared between libnibble's source files.
+ * Nothing here is part of the public interface; names carry the nbi_
+ * prefix.
+ */
+#ifndef NIBBLE_INTERNAL_H
+#define NIBBLE_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "nibble.h"
+
+#define NBI_UNUSED(x) ((void)(x))
+#define NBI_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define NBI_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#if defined(__GNUC__)
+#define NBI_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define NBI_PRINTF(f, a)
+#endif
+
+/* ------------------------------------------------------------------ util.c */
+
+/* snprintf into an optional error buffer; returns status for chaining. */
+nb_status nbi_err(char *err, size_t errlen, nb_status st, const char *fmt, ...) NBI_PRINTF(4, 5);
+
+/* Checked arithmetic: return false on overflow. */
+static inline bool nbi_mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool nbi_add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* Allocation helpers that check the size multiplication. */
+void *nbi_calloc(size_t n, size_t size);
+void *nbi_malloc_array(size_t n, size_t size);
+
+/* A string -> int32 hash map over caller-owned bytes (open addressing).
+ * Keys are (pointer, length); the bytes must outlive the map. */
+typedef struct nbi_strmap {
+    uint32_t *slots;   /* index + 1 into the entry arrays, 0 = empty */
+    const char **keys;
+    uint32_t *lens;
+    int32_t *vals;
+    uint32_t n, cap_entries, mask;
+} nbi_strmap;
+
+nb_status nbi_strmap_init(nbi_strmap *m, uint32_t expected);
+void nbi_strmap_free(nbi_strmap *m);
+/* Insert; returns 1 when added, 0 when the key already existed (the old
+ * value is kept and returned in *existing when non-NULL), -1 on NOMEM. */
+int nbi_strmap_put(nbi_strmap *m, const char *key, size_t len, int32_t val, int32_t *existing);
+/* Value for key, or -1. */
+int32_t nbi_strmap_get(const nbi_strmap *m, const char *key, size_t len);
+
+/* Length of the valid UTF-8 sequence starting at s (1..4), or 0 when the
+ * bytes at s do not start a valid, complete sequence within n bytes. */
+int nbi_utf8_valid_len(const unsigned char *s, size_t n);
+/* Expected length of a sequence from its first byte (1 for invalid). */
+int nbi_utf8_len(unsigned char c);
+
+/* ------------------------------------------------------------------ gguf.c */
+
+typedef struct nbi_kv {
+    const char *key;        /* NUL-terminated copy */
+    nb_gguf_vtype type;
+    nb_gguf_vtype arr_type; /* element type when type == ARRAY */
+    uint64_t n;             /* array length, or string length */
+    const uint8_t *data;    /* string bytes / first array element / scalar */
+    union {
+        uint64_t u;
+        int64_t i;
+        double f;
+    } v;                    /* scalar value, widened */
+} nbi_kv;
+
+typedef struct nbi_tensor {
+    const char *name;       /* NUL-terminated copy */
+    int type;
+    int n_dims;
+    int64_t ne[4];          /* unused dimensions are 1 */
+    uint64_t offset;        /* from the start of the data section */
+    uint64_t nbytes;
+    const void *data;       /* inside the mapping */
+} nbi_tensor;
+
+struct nb_gguf {
+    const uint8_t *base;    /* the whole file */
+    size_t size;
+    int owns;               /* 1 = mmap'ed, 2 = malloc'ed, 0 = caller's */
+    uint32_t version;
+    uint32_t alignment;
+    uint64_t data_offset;
+    int64_t n_kv;
+    nbi_kv *kv;
+    int64_t n_tensors;
+    nbi_tensor *tensors;
+    char *names;            /* storage for keys and tensor names */
+    nbi_strmap kv_index;
+    nbi_strmap tensor_index;
+};
+
+/* Open a file: use_mmap = 0 reads it into memory instead of mapping. */
+nb_status nbi_gguf_open_file(const char *path, int use_mmap, nb_gguf **out, char *err,
+                             size_t errlen);
+const nbi_kv *nbi_gguf_kv(const nb_gguf *g, const char *key);
+const nbi_tensor *nbi_gguf_tensor(const nb_gguf *g, const char *name);
+
+/* Typed metadata getters.  Missing key: returns NB_OK with *found = 0
+ * when found is non-NULL, else an error naming the key.  Wrong type or
+ * out-of-range value: NB_ERR_FORMAT naming the key and both types. */
+nb_status nbi_gguf_get_u32(const nb_gguf *g, const char *key, uint32_t *out, int *found,
+                           char *err, size_t errlen);
+nb_status nbi_gguf_get_f32(const nb_gguf *g, const char *key, float *out, int *found,
+                           char *err, size_t errlen);
+nb_status nbi_gguf_get_bool(const nb_gguf *g, const char *key, bool *out, int *found,
+                            char *err, size_t errlen);
+nb_status nbi_gguf_get_str(const nb_gguf *g, const char *key, const char **s, size_t *len,
+                           int *found, char *err, size_t errlen);
+/* An array with the given element type; *kv receives the entry. */
+nb_status nbi_gguf_get_array(const nb_gguf *g, const char *key, nb_gguf_vtype elem,
+                             const nbi_kv **kv, int *found, char *err, size_t errlen);
+const char *nbi_gguf_type_name(nb_gguf_vtype t);
+
+/* Iterate the strings of a validated string array. */
+static inline const uint8_t *nbi_gguf_next_str(const uint8_t *p, const char **s, uint64_t *len)
+{
+    uint64_t n;
+    memcpy(&n, p, 8);
+    *s = (const char *)p + 8;
+    *len = n;
+    return p + 8 + n;
+}
+
+
+/* ------------------------------------------------------------------ tokenizer.c */
+
+enum nbi_tok_attr { /* GGUF tokenizer.ggml.token_type values */
+    NBI_TOK_NORMAL = 1,
+    NBI_TOK_UNKNOWN = 2,
+    NBI_TOK_CONTROL = 3,
+    NBI_TOK_USER_DEFINED = 4,
+    NBI_TOK_UNUSED = 5,
+    NBI_TOK_BYTE = 6
+};
+
+enum nbi_vocab_type { NBI_VOCAB_NONE = 0, NBI_VOCAB_SPM = 1 };
+
+typedef struct nbi_vocab {
+    int type;
+    int32_t n;              /* tokens */
+    const char **text;      /* token text, inside the mapped file */
+    uint32_t *len;
+    float *score;
+    uint8_t *attr;          /* enum nbi_tok_attr */
+    nbi_strmap map;         /* text -> id */
+    int32_t byte_tok[256];  /* byte -> <0xNN> token, or -1 */
+    nb_token bos, eos, unk, eot, pad;
+    nb_token *eog;          /* tokens that end generation */
+    int n_eog;
+    bool add_bos, add_eos, add_space_prefix;
+    nb_token *special;      /* split before tokenizing, longest text first */
+    int n_special;
+} nbi_vocab;
+
+nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errlen);
+void nbi_vocab_free(nbi_vocab *v);
+
+/* ------------------------------------------------------------------ model.c */
+
+typedef struct nbi_hparams {
+    int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    float rope_freq_base, rope_freq_scale, rms_eps;
+} nbi_hparams;
+
+typedef struct nbi_layer {
+    const float *attn_norm;       /* (n_embd) */
+    const nbi_tensor *wq;         /* (n_embd, n_head * head_dim) */
+    const nbi_tensor *wk;         /* (n_embd, n_head_kv * head_dim) */
+    const nbi_tensor *wv;         /* (n_embd, n_head_kv * head_dim) */
+    const nbi_tensor *wo;         /* (n_head * head_dim, n_embd) */
+    const float *ffn_norm;        /* (n_embd) */
+    const nbi_tensor *w_gate;     /* (n_embd, n_ff) */
+    const nbi_tensor *w_up;       /* (n_embd, n_ff) */
+    const nbi_tensor *w_down;     /* (n_ff, n_embd) */
+} nbi_layer;
+
+struct nb_model {
+    nb_gguf *gguf;
+    char *path;
+    int vocab_only;
+    const char *arch;             /* NUL-terminated copies */
+    const char *name;
+    const char *tokenizer_model;
+    char *strings;                /* storage for the copies above */
+    nbi_hparams hp;
+    nbi_vocab vocab;
+    const nbi_tensor *tok_embd;   /* (n_embd, n_vocab) */
+    const float *output_norm;     /* (n_embd) */
+    const nbi_tensor *output;     /* (n_embd, n_vocab); tok_embd when tied */
+    const float *rope_freqs;      /* (n_rot / 2) or NULL */
+    nbi_layer *layers;
+    float *vectors;               /* norms and rope factors, as F32 */
+};
+
+#endif /* NIBBLE_INTERNAL_H */

@@ -1,0 +1,397 @@
+/*
+ * model.c - turning a validated GGUF file into a LLaMA model: reading the
+ * hyperparameters, checking that every tensor the forward pass needs is
+ * present with the expected shape and a supported type, and summarising
+ * the model for `nibble info`.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Bounds that keep every size computation far from overflow; real models
+ * are well inside them. */
+#define MAX_EMBD (1 << 16)
+#define MAX_LAYER 1024
+#define MAX_HEAD 1024
+#define MAX_FF (1 << 20)
+#define MAX_CTX (1 << 24)
+
+nb_model_params nb_model_default_params(void)
+{
+    nb_model_params p = {0};
+    p.use_mmap = 1;
+    return p;
+}
+
+static nb_status get_dim(const nb_gguf *g, const char *arch, const char *suffix, int *out,
+                         int required, int lo, int hi, char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    uint32_t v;
+    int found;
+    nb_status st = nbi_gguf_get_u32(g, key, &v, required ? NULL : &found, err, errlen);
+    if (st)
+        return st;
+    if (!required && !found)
+        return NB_OK;
+    if (v < (uint32_t)lo || v > (uint32_t)hi)
+        return nbi_err(err, errlen, NB_ERR_FORMAT, "%s = %" PRIu32 " is out of range (%d to %d)",
+                       key, v, lo, hi);
+    *out = (int)v;
+    return NB_OK;
+}
+
+static nb_status get_float(const nb_gguf *g, const char *arch, const char *suffix, float *out,
+                           int required, char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int found;
+    nb_status st = nbi_gguf_get_f32(g, key, out, required ? NULL : &found, err, errlen);
+    if (st)
+        return st;
+    if ((required || found) && !(*out > 0.0f && *out < 1e30f))
+        return nbi_err(err, errlen, NB_ERR_FORMAT, "%s = %g is out of range", key, (double)*out);
+    return NB_OK;
+}
+
+static nb_status load_hparams(nb_model *m, char *err, size_t errlen)
+{
+    const nb_gguf *g = m->gguf;
+    nbi_hparams *hp = &m->hp;
+    const char *a = m->arch;
+    nb_status st;
+    if ((st = get_dim(g, a, "context_length", &hp->n_ctx_train, 1, 1, MAX_CTX, err, errlen)) ||
+        (st = get_dim(g, a, "embedding_length", &hp->n_embd, 1, 1, MAX_EMBD, err, errlen)) ||
+        (st = get_dim(g, a, "block_count", &hp->n_layer, 1, 1, MAX_LAYER, err, errlen)) ||
+        (st = get_dim(g, a, "feed_forward_length", &hp->n_ff, 1, 1, MAX_FF, err, errlen)) ||
+        (st = get_dim(g, a, "attention.head_count", &hp->n_head, 1, 1, MAX_HEAD, err, errlen)))
+        return st;
+    hp->n_head_kv = hp->n_head;
+    if ((st = get_dim(g, a, "attention.head_count_kv", &hp->n_head_kv, 0, 1, MAX_HEAD, err,
+                      errlen)))
+        return st;
+    if (hp->n_head % hp->n_head_kv != 0)
+        return nbi_err(err, errlen, NB_ERR_FORMAT,
+                       "%d attention heads cannot be grouped over %d key/value heads",
+                       hp->n_head, hp->n_head_kv);
+    hp->head_dim = hp->n_embd % hp->n_head == 0 ? hp->n_embd / hp->n_head : 0;
+    int vdim = -1;
+    if ((st = get_dim(g, a, "attention.key_length", &hp->head_dim, 0, 1, MAX_EMBD, err,
+                      errlen)) ||
+        (st = get_dim(g, a, "attention.value_length", &vdim, 0, 1, MAX_EMBD, err, errlen)))
+        return st;
+    if (hp->head_dim == 0)
+        return nbi_err(err, errlen, NB_ERR_FORMAT,
+                       "embedding length %d is not a multiple of the %d heads", hp->n_embd,
+                       hp->n_head);
+    if (vdim >= 0 && vdim != hp->head_dim)
+        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                       "key length %d differs from value length %d", hp->head_dim, vdim);
+    hp->n_rot = hp->head_dim;
+    if ((st = get_dim(g, a, "rope.dimension_count", &hp->n_rot, 0, 2, hp->head_dim, err,
+                      errlen)))
+        return st;
+    if (hp->n_rot % 2)
+        return nbi_err(err, errlen, NB_ERR_FORMAT, "rope.dimension_count %d is odd", hp->n_rot);
+    hp->rope_freq_base = 10000.0f;
+    hp->rope_freq_scale = 1.0f;
+    if ((st = get_float(g, a, "rope.freq_base", &hp->rope_freq_base, 0, err, errlen)) ||
+        (st = get_float(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1, err,
+                        errlen)))
+        return st;
+
+    /* Rotary scaling: linear is a plain position scale; others need code
+     * that is not written yet, and silently ignoring them would produce
+     * wrong text on long prompts. */
+    char key[128];
+    const char *stype = NULL;
+    size_t stype_len = 0;
+    int found = 0;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if ((st = nbi_gguf_get_str(g, key, &stype, &stype_len, &found, err, errlen)))
+        return st;
+    float factor = 0.0f;
+    snprintf(key, sizeof key, "%s.rope.scaling.factor", a);
+    int have_factor = 0;
+    if ((st = nbi_gguf_get_f32(g, key, &factor, &have_factor, err, errlen)))
+        return st;
+    if (!have_factor) {
+        snprintf(key, sizeof key, "%s.rope.scale_linear", a);
+        if ((st = nbi_gguf_get_f32(g, key, &factor, &have_factor, err, errlen)))
+            return st;
+        if (have_factor && !found) {
+            stype = "linear";
+            stype_len = 6;
+            found = 1;
+        }
+    }
+    if (found && !(stype_len == 4 && memcmp(stype, "none", 4) == 0)) {
+        if (stype_len == 6 && memcmp(stype, "linear", 6) == 0) {
+            if (have_factor && factor != 0.0f) {
+                if (!(factor > 0.0f && factor < 1e6f))
+                    return nbi_err(err, errlen, NB_ERR_FORMAT,
+                                   "rope scaling factor %g is out of range", (double)factor);
+                hp->rope_freq_scale = 1.0f / factor;
+            }
+        } else {
+            return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                           "rope scaling type '%.*s' is not supported yet (only linear)",
+                           (int)NBI_MIN(stype_len, 32), stype);
+        }
+    }
+    return NB_OK;
+}
+
+/* Look up a tensor and check its shape and type. */
+static nb_status want_tensor(nb_model *m, const char *name, int64_t ne0, int64_t ne1,
+                             const nbi_tensor **out, int optional, char *err, size_t errlen)
+{
+    const nbi_tensor *t = nbi_gguf_tensor(m->gguf, name);
+    *out = t;
+    if (!t) {
+        if (optional)
+            return NB_OK;
+        return nbi_err(err, errlen, NB_ERR_FORMAT, "required tensor '%s' is missing", name);
+    }
+    int64_t want_ne1 = ne1 ? ne1 : 1;
+    if (t->ne[0] != ne0 || t->ne[1] != want_ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        if (ne1)
+            return nbi_err(err, errlen, NB_ERR_FORMAT,
+                           "tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+                           "], expected [%" PRId64 ", %" PRId64 "]",
+                           name, t->ne[0], t->ne[1], t->ne[2], t->ne[3], ne0, ne1);
+        return nbi_err(err, errlen, NB_ERR_FORMAT,
+                       "tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+                       "], expected [%" PRId64 "]",
+                       name, t->ne[0], t->ne[1], t->ne[2], t->ne[3], ne0);
+    }
+    if (!nb_type_supported(t->type))
+        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                       "tensor '%s' has type %s, which nibble cannot compute yet", name,
+                       nb_type_name(t->type));
+    return NB_OK;
+}
+
+/* Small 1-D tensors (norm weights, rope factors) are converted to F32
+ * once, so the forward pass needs no per-type code for them. */
+static nb_status want_vector(nb_model *m, const char *name, int64_t n, float **cursor,
+                             const float **out, int optional, char *err, size_t errlen)
+{
+    const nbi_tensor *t;
+    nb_status st = want_tensor(m, name, n, 0, &t, optional, err, errlen);
+    *out = NULL;
+    if (st || !t)
+        return st;
+    nbi_kernels_ref()->to_float[t->type](t->data, *cursor, n);
+    *out = *cursor;
+    *cursor += n;
+    return NB_OK;
+}
+
+static nb_status bind_tensors(nb_model *m, char *err, size_t errlen)
+{
+    const nbi_hparams *hp = &m->hp;
+    int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
+            KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+    char name[96];
+    nb_status st;
+
+    size_t n_floats = (size_t)E * (2 * (size_t)hp->n_layer + 1) + (size_t)hp->n_rot / 2;
+    m->vectors = nbi_malloc_array(n_floats, sizeof(float));
+    m->layers = nbi_calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->vectors || !m->layers)
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
+    float *cur = m->vectors;
+
+    if ((st = want_tensor(m, "token_embd.weight", E, V, &m->tok_embd, 0, err, errlen)) ||
+        (st = want_vector(m, "output_norm.weight", E, &cur, &m->output_norm, 0, err, errlen)) ||
+        (st = want_tensor(m, "output.weight", E, V, &m->output, 1, err, errlen)) ||
+        (st = want_vector(m, "rope_freqs.weight", hp->n_rot / 2, &cur, &m->rope_freqs, 1, err,
+                          errlen)))
+        return st;
+    if (!m->output)
+        m->output = m->tok_embd; /* tied embeddings */
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        nbi_layer *L = &m->layers[l];
+#define T(field, suffix, a, b)                                                            \
+    snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                           \
+    if ((st = want_tensor(m, name, a, b, &L->field, 0, err, errlen)))                     \
+        return st;
+#define N(field, suffix)                                                                  \
+    snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                           \
+    if ((st = want_vector(m, name, E, &cur, &L->field, 0, err, errlen)))                  \
+        return st;
+        N(attn_norm, "attn_norm")
+        T(wq, "attn_q", E, Q)
+        T(wk, "attn_k", E, KV)
+        T(wv, "attn_v", E, KV)
+        T(wo, "attn_output", Q, E)
+        N(ffn_norm, "ffn_norm")
+        T(w_gate, "ffn_gate", E, F)
+        T(w_up, "ffn_up", E, F)
+        T(w_down, "ffn_down", F, E)
+#undef T
+#undef N
+    }
+    /* Expert (MoE) tensors would be silently ignored otherwise. */
+    if (nbi_gguf_tensor(m->gguf, "blk.0.ffn_gate_inp.weight"))
+        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                       "mixture-of-experts models (ffn_gate_inp) are not supported");
+    snprintf(name, sizeof name, "blk.0.attn_q.bias");
+    if (nbi_gguf_tensor(m->gguf, name))
+        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                       "attention biases (blk.N.attn_q.bias) are not supported for llama yet");
+    return NB_OK;
+}
+
+static char *copy_meta_str(nb_model *m, const char *key, char **cursor)
+{
+    const char *s;
+    size_t len;
+    int found;
+    char *dst = *cursor;
+    if (nbi_gguf_get_str(m->gguf, key, &s, &len, &found, NULL, 0) != NB_OK || !found)
+        len = 0;
+    len = NBI_MIN(len, 255);
+    for (size_t i = 0; i < len; i++)
+        dst[i] = s[i] ? s[i] : '?';
+    dst[len] = 0;
+    *cursor += len + 1;
+    return dst;
+}
+
+nb_status nb_model_open(const char *path, const nb_model_params *params, nb_model **out,
+                        char *err, size_t errlen)
+{
+    nb_model_params p = params ? *params : nb_model_default_params();
+    if (err && errlen)
+        err[0] = 0;
+    *out = NULL;
+    if (!path)
+        return nbi_err(err, errlen, NB_ERR_INVALID, "no model path given");
+    nb_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path)) || !(m->strings = malloc(3 * 256))) {
+        nb_model_close(m);
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
+    }
+    m->vocab_only = p.vocab_only;
+    nb_status st = nbi_gguf_open_file(path, p.use_mmap, &m->gguf, err, errlen);
+    if (st)
+        goto fail;
+
+    char *cur = m->strings;
+    m->arch = copy_meta_str(m, "general.architecture", &cur);
+    m->name = copy_meta_str(m, "general.name", &cur);
+    m->tokenizer_model = copy_meta_str(m, "tokenizer.ggml.model", &cur);
+    const nbi_kv *akv = nbi_gguf_kv(m->gguf, "general.architecture");
+    if (!akv && !p.vocab_only) {
+        st = nbi_err(err, errlen, NB_ERR_FORMAT, "required key 'general.architecture' is missing");
+        goto fail;
+    }
+    if (akv && akv->type != NB_GGUF_STRING) {
+        st = nbi_err(err, errlen, NB_ERR_FORMAT, "key 'general.architecture' has type %s, expected string",
+                     nbi_gguf_type_name(akv->type));
+        goto fail;
+    }
+    if (!p.vocab_only && strcmp(m->arch, "llama") != 0) {
+        st = nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                     "architecture '%s' is not supported (nibble runs: llama)", m->arch);
+        goto fail;
+    }
+
+    if ((st = nbi_vocab_load(&m->vocab, m->gguf, err, errlen)))
+        goto fail;
+    m->hp.n_vocab = m->vocab.n;
+    if (!p.vocab_only) {
+        if ((st = load_hparams(m, err, errlen)) ||
+            (st = bind_tensors(m, err, errlen)))
+            goto fail;
+    }
+    *out = m;
+    return NB_OK;
+fail:
+    nb_model_close(m);
+    return st;
+}
+
+void nb_model_close(nb_model *m)
+{
+    if (!m)
+        return;
+    nbi_vocab_free(&m->vocab);
+    nb_gguf_close(m->gguf);
+    free(m->layers);
+    free(m->vectors);
+    free(m->strings);
+    free(m->path);
+    free(m);
+}
+
+int nb_model_n_vocab(const nb_model *m) { return m->hp.n_vocab; }
+int nb_model_n_ctx_train(const nb_model *m) { return m->hp.n_ctx_train; }
+nb_token nb_model_bos(const nb_model *m) { return m->vocab.bos; }
+nb_token nb_model_eos(const nb_model *m) { return m->vocab.eos; }
+const nb_gguf *nb_model_gguf(const nb_model *m) { return m->gguf; }
+
+int nb_model_is_eog(const nb_model *m, nb_token t)
+{
+    for (int i = 0; i < m->vocab.n_eog; i++)
+        if (m->vocab.eog[i] == t)
+            return 1;
+    return 0;
+}
+
+void nb_model_get_info(const nb_model *m, nb_model_info *info)
+{
+    memset(info, 0, sizeof *info);
+    const nbi_hparams *hp = &m->hp;
+    info->path = m->path;
+    info->name = m->name;
+    info->arch = m->arch;
+    info->tokenizer = m->tokenizer_model;
+    info->vocab_only = m->vocab_only;
+    info->n_vocab = hp->n_vocab;
+    info->n_ctx_train = hp->n_ctx_train;
+    info->n_embd = hp->n_embd;
+    info->n_layer = hp->n_layer;
+    info->n_head = hp->n_head;
+    info->n_head_kv = hp->n_head_kv;
+    info->head_dim = hp->head_dim;
+    info->n_ff = hp->n_ff;
+    info->n_rot = hp->n_rot;
+    info->rope_freq_base = hp->rope_freq_base;
+    info->rms_eps = hp->rms_eps;
+    info->tied_output = m->output && m->output == m->tok_embd;
+    info->bos = m->vocab.bos;
+    info->eos = m->vocab.eos;
+    info->add_bos = m->vocab.add_bos;
+    info->add_eos = m->vocab.add_eos;
+    info->file_size = m->gguf->size;
+    info->kv_bytes_per_token =
+        2ull * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * 2ull;
+    uint64_t best = 0;
+    info->file_type = "F32";
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const nbi_tensor *t = &m->gguf->tensors[i];
+        info->n_params += (uint64_t)t->ne[0] * (uint64_t)t->ne[1] * (uint64_t)t->ne[2] *
+                          (uint64_t)t->ne[3];
+        info->weight_bytes += t->nbytes;
+        info->type_tensors[t->type]++;
+    }
+    /* the predominant type by bytes among 2-D weights */
+    uint64_t bytes[NB_TYPE_COUNT] = {0};
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++)
+        if (m->gguf->tensors[i].n_dims >= 2)
+            bytes[m->gguf->tensors[i].type] += m->gguf->tensors[i].nbytes;
+    for (int t = 0; t < NB_TYPE_COUNT; t++)
+        if (bytes[t] > best) {
+            best = bytes[t];
+            info->file_type = nb_type_name(t);
+        }
+}

@@ -1,0 +1,46 @@
+/*
+ * tools.h - shared pieces of the nibble command's subcommands.
+ */
+#ifndef NIBBLE_TOOLS_H
+#define NIBBLE_TOOLS_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "nibble.h"
+
+/* Exit codes, documented in the README and nibble(1). */
+enum { EXIT_OK = 0, EXIT_ERR = 1, EXIT_USAGE = 2, EXIT_CANCELLED = 130 };
+
+int cmd_run(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+
+/* "nibble: " + message on stderr; returns EXIT_ERR. */
+int tool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "nibble SUB: " + message and a hint to --help; returns EXIT_USAGE. */
+int tool_usage_error(const char *sub, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Parse numbers strictly: the whole string, in range.  0 on success. */
+int parse_int(const char *s, long lo, long hi, long *out);
+int parse_float(const char *s, double lo, double hi, double *out);
+int parse_u64(const char *s, unsigned long long *out);
+
+/* Read a whole file (or "-" for stdin); malloc'd, NUL-terminated. */
+char *read_all(const char *path, size_t *len);
+
+/* Open a model with a message on failure (NULL then). */
+nb_model *open_model(const char *path, int vocab_only);
+
+/* Tokenize with a growing buffer; returns malloc'd ids or NULL (message
+ * printed). */
+nb_token *tokenize_all(const nb_model *m, const char *text, size_t len, int flags, int64_t *n);
+
+/* Copy text into dst replacing invalid UTF-8 with U+FFFD; malloc'd. */
+char *utf8_sanitize(const char *s, size_t len);
+
+/* Default worker thread count (physical cores). */
+int default_threads(void);
+
+#endif

@@ -1,0 +1,222 @@
+/* testutil.c - see testutil.h. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return p && stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+const char *nbt_data_dir(void)
+{
+    static char buf[4096];
+    static int done;
+    if (done)
+        return buf[0] ? buf : NULL;
+    done = 1;
+    const char *env = getenv("NIBBLE_TEST_DATA");
+    if (env && *env) {
+        if (is_dir(env))
+            snprintf(buf, sizeof buf, "%s", env);
+        return buf[0] ? buf : NULL;
+    }
+    const char *src = getenv("NIBBLE_SRC");
+    snprintf(buf, sizeof buf, "%s/../shared", src && *src ? src : ".");
+    if (!is_dir(buf))
+        buf[0] = 0;
+    return buf[0] ? buf : NULL;
+}
+
+char *nbt_data_path(const char *rel)
+{
+    const char *d = nbt_data_dir();
+    if (!d)
+        return NULL;
+    size_t n = strlen(d) + strlen(rel) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", d, rel);
+    return p;
+}
+
+void nbt_note_no_data(void)
+{
+    static int said;
+    if (!said) {
+        said = 1;
+        printf("skipped: no reference data (set NIBBLE_TEST_DATA or put ../shared beside the checkout)\n");
+        fflush(stdout);
+    }
+}
+
+const char *nbt_bin(const char *name)
+{
+    static char buf[4096];
+    const char *d = getenv("NIBBLE_BIN");
+    snprintf(buf, sizeof buf, "%s/%s", d && *d ? d : "build/bin", name);
+    return buf;
+}
+
+char *nbt_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (!buf)
+        return NULL;
+    buf[n] = 0;
+    if (len)
+        *len = n;
+    return buf;
+}
+
+char *nbt_write_temp(const void *data, size_t len, const char *suffix)
+{
+    const char *tmp = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nibble-test-XXXXXX%s", tmp && *tmp ? tmp : "/tmp",
+             suffix ? suffix : "");
+    int fd = mkstemps(path, suffix ? (int)strlen(suffix) : 0);
+    if (fd < 0)
+        return NULL;
+    const char *p = data;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            close(fd);
+            unlink(path);
+            return NULL;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    close(fd);
+    return strdup(path);
+}
+
+struct sink {
+    int fd;
+    char *buf;
+    size_t len, cap;
+};
+
+static void sink_read(struct sink *s)
+{
+    char tmp[65536];
+    ssize_t r = read(s->fd, tmp, sizeof tmp);
+    if (r <= 0) {
+        if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+            close(s->fd);
+            s->fd = -1;
+        }
+        return;
+    }
+    if (s->len + (size_t)r + 1 > s->cap) {
+        size_t nc = (s->cap ? s->cap * 2 : 65536) + (size_t)r;
+        char *nb = realloc(s->buf, nc);
+        if (!nb)
+            return;
+        s->buf = nb;
+        s->cap = nc;
+    }
+    memcpy(s->buf + s->len, tmp, (size_t)r);
+    s->len += (size_t)r;
+    s->buf[s->len] = 0;
+}
+
+int nbt_run(char *const argv[], char **out, char **err, int timeout_s)
+{
+    int po[2], pe[2];
+    if (pipe(po) < 0)
+        return -1;
+    if (pipe(pe) < 0) {
+        close(po[0]);
+        close(po[1]);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]);
+        close(pe[0]);
+        execv(argv[0], argv);
+        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    struct sink s[2] = {{po[0], NULL, 0, 0}, {pe[0], NULL, 0, 0}};
+    time_t start = time(NULL);
+    int killed = 0;
+    while (s[0].fd >= 0 || s[1].fd >= 0) {
+        struct pollfd p[2];
+        int np = 0, map[2];
+        for (int i = 0; i < 2; i++)
+            if (s[i].fd >= 0) {
+                p[np].fd = s[i].fd;
+                p[np].events = POLLIN;
+                map[np++] = i;
+            }
+        int r = poll(p, (nfds_t)np, 200);
+        if (r > 0)
+            for (int i = 0; i < np; i++)
+                if (p[i].revents)
+                    sink_read(&s[map[i]]);
+        if (timeout_s > 0 && !killed && time(NULL) - start > timeout_s) {
+            kill(pid, SIGKILL);
+            killed = 1;
+        }
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    for (int i = 0; i < 2; i++) {
+        char **dst = i ? err : out;
+        if (!s[i].buf)
+            s[i].buf = calloc(1, 1);
+        if (dst)
+            *dst = s[i].buf;
+        else
+            free(s[i].buf);
+    }
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}

@@ -1,0 +1,48 @@
+/*
+ * testutil.h - helpers shared by the cmocka tests: where the reference
+ * data and the built programs are, temporary files, running a program and
+ * capturing its output.
+ */
+#ifndef NIBBLE_TESTUTIL_H
+#define NIBBLE_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* Directory of the shared reference data ($NIBBLE_TEST_DATA, else
+ * ../shared beside the checkout), or NULL when it is absent. */
+const char *nbt_data_dir(void);
+
+/* Path of a file under the data directory (static buffer per call site is
+ * not needed: returns malloc'd memory the caller frees), or NULL. */
+char *nbt_data_path(const char *rel);
+
+/* Skip the calling cmocka test when the reference data is absent, after
+ * printing "skipped: no reference data" once per process. */
+#define NBT_REQUIRE_DATA()                 \
+    do {                                   \
+        if (!nbt_data_dir()) {             \
+            nbt_note_no_data();            \
+            skip();                        \
+        }                                  \
+    } while (0)
+void nbt_note_no_data(void);
+
+/* Path of a built program (NIBBLE_BIN/name).  Static storage. */
+const char *nbt_bin(const char *name);
+
+/* Read a whole file; returns malloc'd bytes (NUL-terminated) or NULL. */
+char *nbt_read_file(const char *path, size_t *len);
+/* Write bytes to a fresh temporary file; returns its malloc'd path. */
+char *nbt_write_temp(const void *data, size_t len, const char *suffix);
+
+/* Run argv (argv[0] is a path) with stdin from /dev/null, capturing
+ * stdout and stderr (malloc'd, NUL-terminated; pass NULL to discard).
+ * Returns the exit status, 128+signal when killed, -1 when it could not
+ * be run.  timeout_s > 0 kills the child after that many seconds. */
+int nbt_run(char *const argv[], char **out, char **err, int timeout_s);
+
+#endif
