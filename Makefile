@@ -128,8 +128,19 @@ test check: all $(TEST_BIN)
 bench: all
 	@echo "benchmarks arrive with the SIMD kernels (issue 3); nothing to measure yet"
 
+# The default model: $NIBBLE_MODEL, else the shared test model beside the
+# checkout.  (nib, with its download on first use, replaces this.)
 run: all
-	@echo "nib arrives with the shell issue; meanwhile: $(NIBBLE) run -m MODEL -p PROMPT"
+	@model="$${NIBBLE_MODEL:-}"; \
+	if [ -z "$$model" ] && [ -f ../shared/models/stories260K.gguf ]; then \
+		model=../shared/models/stories260K.gguf; fi; \
+	if [ -z "$$model" ]; then \
+		echo "make run: no model found."; \
+		echo "Point NIBBLE_MODEL at a GGUF file, for example:"; \
+		echo "  NIBBLE_MODEL=~/models/tinyllama-1.1b-chat.Q4_0.gguf make run"; \
+		exit 1; fi; \
+	echo "model: $$model"; \
+	$(NIBBLE) run -m "$$model" -p "$${PROMPT:-Once upon a time}" -n 200
 
 # ------------------------------------------------------------------ install
 install: all
