@@ -1270,7 +1270,7 @@ static void test_quant_q8(void **state)
                 for (int j = 0; j < 32; j++) {
                     const double xv = x[32 * b + j], v = q0[b].qs[j] * d16;
                     /* Half a step, plus what rounding the scale costs. */
-                    CHECK_NEAR(v, xv, 0.5 * d * (1 + 1e-6) + 127 * fabs(d16 - d) + 1e-30,
+                    CHECK_NEAR(v, xv, 0.5 * d + 127 * fabs(d16 - d) + 1e-6 * amax + 1e-30,
                                "q8_0 pattern %d elem %d", p, 32 * b + j);
                     assert_true(q0[b].qs[j] >= -127 && q0[b].qs[j] <= 127);
                     qsum += q1[b].qs[j];
@@ -1290,7 +1290,9 @@ static void test_quant_q8(void **state)
             CHECK_NEAR(dk, -m / 127.0, amax / 127.0 * 2e-7, "q8_K scale");
             K->to_float[NB_TYPE_Q8_K](&qk, out, QK_K);
             for (int j = 0; j < QK_K; j++) {
-                CHECK_NEAR(out[j], x[j], 0.5 * fabs(dk) * (1 + 1e-6), "q8_K pattern %d elem %d",
+                /* Half a step, plus float rounding of x*iscale, of d and
+                 * of d*q: a few ulps of values up to amax. */
+                CHECK_NEAR(out[j], x[j], 0.5 * fabs(dk) + 1e-6 * amax, "q8_K pattern %d elem %d",
                            p, j);
                 if (x[j] == m)
                     assert_int_equal(qk.qs[j], -127);

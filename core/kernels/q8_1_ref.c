@@ -37,11 +37,11 @@ void nbi_q8_1_from_float_ref(const float *restrict src, void *restrict dst, int6
         for (int j = 0; j < QK8_1; j++)
             amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
         const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[i].d = nbi_fp32_to_fp16(d);
         int sum = 0;
         for (int j = 0; j < QK8_1; j++) {
-            y[i].qs[j] = (int8_t)roundf(x[j] * id);
+            y[i].qs[j] = (int8_t)nearbyintf(x[j] * id);
             sum += y[i].qs[j];
         }
         y[i].s = nbi_fp32_to_fp16((float)sum * d);
