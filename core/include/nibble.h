@@ -278,41 +278,61 @@ NB_API const char *nb_ctx_errmsg(const nb_ctx *c);
 
 typedef struct nb_sampler nb_sampler;
 
+/* The chain runs as llama.cpp's default one: penalties, top-k, top-p,
+ * min-p, temperature, then a draw from a seeded xoshiro256** generator
+ * (the same sequence on every platform).  Ties between equal logits go to
+ * the lower id everywhere. */
 typedef struct nb_sampler_params {
     float temp;             /* <= 0: greedy (argmax); default 0.8 */
     int top_k;              /* 0 = off; default 40 */
-    float top_p;            /* 1 = off; default 0.95 */
-    float min_p;            /* 0 = off; default 0.05 */
-    float repeat_penalty;   /* 1 = off; default 1.0 */
-    int repeat_last_n;      /* window for the penalties; default 64 */
+    float top_p;            /* in (0, 1]; 1 = off; default 0.95 */
+    float min_p;            /* in [0, 1]; 0 = off; default 0.05 */
+    float repeat_penalty;   /* > 0; 1 = off; default 1.0 */
+    int repeat_last_n;      /* window for the penalties, 0..65536; default 64 */
     float freq_penalty;     /* 0 = off */
     float presence_penalty; /* 0 = off */
-    uint64_t seed;          /* a given seed reproduces its output exactly */
+    uint64_t seed;          /* a given seed reproduces its output exactly;
+                               default 0xC0FFEE */
 } nb_sampler_params;
 
 NB_API nb_sampler_params nb_sampler_default_params(void);
-/* Check a parameter set; returns NB_ERR_INVALID and a message for values
- * out of range (negative temperature, top_p outside [0,1], ...). */
+/* Check a parameter set; returns NB_ERR_INVALID and a message naming the
+ * parameter, its valid range and the value given. */
 NB_API nb_status nb_sampler_params_check(const nb_sampler_params *p, char *err, size_t errlen);
+/* p = NULL means the defaults.  NB_ERR_INVALID for n_vocab <= 0 or bad
+ * parameters, NB_ERR_NOMEM; all work memory is allocated here. */
 NB_API nb_status nb_sampler_new(const nb_sampler_params *p, int n_vocab, nb_sampler **out);
 NB_API void nb_sampler_free(nb_sampler *s);
-/* Choose the next token from n_vocab logits.  Does not modify logits. */
+/* Choose the next token from n_vocab logits.  Does not modify logits.
+ * NaN counts as -inf and +inf as the largest float; when every logit is
+ * -inf or NaN the result is token 0.  Returns -1 for NULL arguments. */
 NB_API nb_token nb_sampler_sample(nb_sampler *s, const float *logits);
-/* Record a token of the sequence (prompt or generated) for penalties. */
+/* Record a token of the sequence (prompt or generated) for penalties.
+ * Ids outside the vocabulary are ignored. */
 NB_API void nb_sampler_accept(nb_sampler *s, nb_token t);
 /* Forget the history and reseed. */
 NB_API void nb_sampler_reset(nb_sampler *s, uint64_t seed);
 
 /* Stop strings: feed generated text, get back how much of it is safe to
  * show.  Text that could be the start of a stop string is held back until
- * it is decided.  The stop string itself is never shown. */
+ * it is decided.  The stop string itself is never shown.  Matching is on
+ * bytes, so a stop may be split anywhere between feeds; the stop that
+ * completes first in the stream wins (the longer one when two complete on
+ * the same byte). */
 typedef struct nb_stopper nb_stopper;
 
+#define NB_STOP_MAX 16      /* stop strings per stopper */
+#define NB_STOP_MAX_LEN 256 /* bytes per stop string */
+
+/* Copies the strings.  n_stops may be 0 (everything passes through).
+ * NB_ERR_INVALID for NULL, empty or over-long strings or too many. */
 NB_API nb_status nb_stopper_new(const char *const *stops, int n_stops, nb_stopper **out);
 NB_API void nb_stopper_free(nb_stopper *s);
 /* Append len bytes.  *emit receives a pointer to text that may now be
  * shown and *emit_len its length (valid until the next call).  Returns 1
- * once a stop string has matched (emit then ends just before it), else 0. */
+ * once a stop string has matched (emit then ends just before it), else 0.
+ * Should memory run out while buffering a very large feed, the stopper
+ * behaves as if a stop had matched rather than show unchecked text. */
 NB_API int nb_stopper_feed(nb_stopper *s, const char *text, size_t len, const char **emit,
                            size_t *emit_len);
 /* At the end of generation: the held-back text, which matched nothing. */

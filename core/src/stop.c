@@ -33,8 +33,8 @@
 
 #include "nibble.h"
 
-#define STOP_MAX_STOPS 16
-#define STOP_MAX_LEN 256
+#define STOP_MAX_STOPS NB_STOP_MAX
+#define STOP_MAX_LEN NB_STOP_MAX_LEN
 #define STOP_INITIAL_BUF 4096
 #define STOP_SHRINK_ABOVE (1u << 20)
 

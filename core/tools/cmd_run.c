@@ -11,7 +11,7 @@
 
 #include "tools.h"
 
-#define MAX_STOPS 16
+#define MAX_STOPS NB_STOP_MAX
 
 static const char run_usage[] =
     "usage: nibble run -m MODEL (-p PROMPT | -f FILE) [options]\n"

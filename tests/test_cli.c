@@ -1,0 +1,347 @@
+/*
+ * test_cli.c - the nibble command as a user meets it: exit codes, error
+ * messages, clean stdout, reproducible seeds, stop strings, Ctrl-C, and
+ * the generation speed of the scalar build.
+ */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RUN(out, err, ...) run_nibble(out, err, (char *[]){(char *)nbt_bin("nibble"), __VA_ARGS__, NULL})
+
+static int run_nibble(char **out, char **err, char *argv[])
+{
+    return nbt_run(argv, out, err, 60);
+}
+
+static char *model(const char *name)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "models/%s", name);
+    return nbt_data_path(rel);
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* ------------------------------------------------------------------ usage */
+
+static void test_usage(void **state)
+{
+    (void)state;
+    char *out, *err;
+    assert_int_equal(RUN(&out, &err, "--help"), 0);
+    assert_non_null(strstr(out, "run"));
+    assert_non_null(strstr(out, "eval"));
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "--version"), 0);
+    assert_non_null(strstr(out, "nibble 0."));
+    free(out), free(err);
+    char *argv[] = {(char *)nbt_bin("nibble"), NULL};
+    assert_int_equal(nbt_run(argv, &out, &err, 10), 2);
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "frobnicate"), 2);
+    assert_non_null(strstr(err, "frobnicate"));
+    free(out), free(err);
+    const char *subs[] = {"run", "eval", "tokenize", "info"};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(RUN(&out, &err, (char *)subs[i], "--help"), 0);
+        assert_non_null(strstr(out, "usage: nibble"));
+        free(out), free(err);
+        assert_int_equal(RUN(&out, &err, (char *)subs[i], "--no-such-option"), 2);
+        assert_string_equal(out, "");
+        free(out), free(err);
+    }
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    char *out, *err;
+    /* no model at all: a usage error that says how to give one */
+    unsetenv("NIBBLE_MODEL");
+    assert_int_equal(RUN(&out, &err, "run", "-p", "hi"), 2);
+    assert_non_null(strstr(err, "NIBBLE_MODEL"));
+    free(out), free(err);
+    const char *bad[][4] = {
+        {"run", "-m", "x.gguf", "-n"},          /* missing value */
+        {"run", "-m", "x.gguf", "--temp=-1"},   /* negative */
+        {"run", "-m", "x.gguf", "--top-p=1.5"}, /* out of range */
+        {"run", "-m", "x.gguf", "-n12x"},       /* trailing junk */
+        {"run", "-m", "x.gguf", "--seed=-4"},
+        {"eval", "-m", "x.gguf", "--top=0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = RUN(&out, &err, (char *)bad[i][0], (char *)bad[i][1], (char *)bad[i][2],
+                     (char *)bad[i][3], "-p", "x");
+        if (rc != 2)
+            fail_msg("%s %s: exit %d, stderr %s", bad[i][0], bad[i][3], rc, err);
+        assert_string_equal(out, "");
+        free(out), free(err);
+    }
+    /* both a prompt and a file */
+    assert_int_equal(RUN(&out, &err, "run", "-m", "x.gguf", "-p", "a", "-f", "b"), 2);
+    free(out), free(err);
+}
+
+static void test_missing_and_corrupt_files(void **state)
+{
+    (void)state;
+    char *out, *err;
+    assert_int_equal(RUN(&out, &err, "run", "-m", "/nonexistent/model.gguf", "-p", "x"), 1);
+    assert_string_equal(out, "");
+    assert_non_null(strstr(err, "/nonexistent/model.gguf"));
+    assert_int_equal(count_lines(err), 1); /* one line, not a log */
+    free(out), free(err);
+
+    NBT_REQUIRE_DATA();
+    /* a model cut in half: refused with a message, for every command */
+    char *path = model("stories260K.gguf");
+    size_t len;
+    char *data = nbt_read_file(path, &len);
+    assert_non_null(data);
+    char *cut = nbt_write_temp(data, len / 2, ".gguf");
+    const char *cmds[] = {"run", "eval", "tokenize", "info"};
+    for (int i = 0; i < 4; i++) {
+        int rc = i == 3 ? RUN(&out, &err, "info", cut)
+                        : RUN(&out, &err, (char *)cmds[i], "-m", cut, "-p", "x");
+        if (i == 2)
+            rc = RUN(&out, &err, "tokenize", "-m", cut, "x");
+        assert_int_equal(rc, 1);
+        assert_non_null(strstr(err, "truncated"));
+        free(out), free(err);
+    }
+    unlink(cut);
+    free(cut);
+    /* not a GGUF file at all */
+    char *junk = nbt_write_temp("hello, this is not a model\n", 27, ".gguf");
+    assert_int_equal(RUN(&out, &err, "run", "-m", junk, "-p", "x"), 1);
+    assert_non_null(strstr(err, "not a GGUF file"));
+    free(out), free(err);
+    unlink(junk);
+    free(junk);
+    free(data);
+    free(path);
+}
+
+/* ------------------------------------------------------------------ run */
+
+static void test_seed_reproduces(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    char *a, *b, *c, *err;
+    assert_int_equal(RUN(&a, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "60", "--seed", "42"), 0);
+    assert_string_equal(err, ""); /* nothing on stderr without -v */
+    free(err);
+    assert_int_equal(RUN(&b, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "60", "--seed", "42"), 0);
+    free(err);
+    assert_int_equal(RUN(&c, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "60", "--seed", "43"), 0);
+    free(err);
+    assert_true(strlen(a) > 20);
+    assert_string_equal(a, b);
+    assert_string_not_equal(a, c);
+    free(a), free(b), free(c);
+
+    /* greedy is the eval continuation, as text */
+    char *g, *e;
+    assert_int_equal(RUN(&g, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "40", "--temp", "0"), 0);
+    free(err);
+    assert_int_equal(RUN(&e, &err, "eval", "-m", m, "-p", "Once upon a time", "--greedy", "40", "--json"), 0);
+    free(err);
+    json_t *j = json_loads(e, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(g, json_string_value(json_object_get(j, "text")));
+    json_decref(j);
+    free(g), free(e);
+    free(m);
+}
+
+static void test_stop_and_verbose(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    char *full, *cut, *err;
+    assert_int_equal(RUN(&full, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "60", "--temp", "0"), 0);
+    free(err);
+    /* greedy text is ", there was a little girl named Lily. ..." */
+    const char *stop = "girl";
+    char *at = strstr(full, stop);
+    assert_non_null(at);
+    assert_int_equal(RUN(&cut, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "60", "--temp", "0",
+                         "--stop", (char *)stop, "-v"),
+                     0);
+    assert_int_equal(strlen(cut), (size_t)(at - full));
+    assert_memory_equal(cut, full, (size_t)(at - full));
+    /* -v reports on stderr, never on stdout */
+    assert_non_null(strstr(err, "stop: stop"));
+    assert_non_null(strstr(err, "tokens/s"));
+    assert_null(strstr(cut, "nibble:"));
+    free(full), free(cut), free(err);
+
+    /* a prompt longer than the context is an error, not a truncation */
+    char *out;
+    assert_int_equal(RUN(&out, &err, "run", "-m", m, "-p", "Once upon a time there was a dog", "-c", "4"), 1);
+    assert_non_null(strstr(err, "context"));
+    assert_string_equal(out, "");
+    free(out), free(err);
+    free(m);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Acceptance: 200 tokens of stories260K in well under a second, one thread,
+ * scalar kernels.  The bound is generous (sanitizer builds run it too). */
+static void test_throughput(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    char *out, *err;
+    setenv("NIBBLE_KERNELS", "ref", 1);
+    double t0 = now();
+    int rc = RUN(&out, &err, "run", "-m", m, "-p", "Once upon a time", "-n", "200", "--ignore-eos",
+                 "-t", "1", "-v");
+    double secs = now() - t0;
+    unsetenv("NIBBLE_KERNELS");
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(err, "generated 200 tokens"));
+    printf("    200 tokens in %.0f ms wall (%s", secs * 1e3, strstr(err, "generated"));
+    assert_true(secs < 1.0);
+    free(out), free(err);
+    free(m);
+}
+
+/* Ctrl-C stops generation, keeps what was written, and exits 130. */
+static void test_interrupt(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("llama-2-tiny-random.gguf");
+    int po[2];
+    assert_int_equal(pipe(po), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        int dn = open("/dev/null", O_WRONLY);
+        dup2(dn, 2);
+        execl(nbt_bin("nibble"), "nibble", "run", "-m", m, "-p", "hello", "-n", "-1", "--ignore-eos",
+              "-c", "100000", (char *)NULL);
+        _exit(127);
+    }
+    close(po[1]);
+    /* wait for the first generated bytes, then interrupt */
+    char buf[4096];
+    ssize_t r = read(po[0], buf, sizeof buf);
+    assert_true(r > 0);
+    kill(pid, SIGINT);
+    while (read(po[0], buf, sizeof buf) > 0)
+        ;
+    int status;
+    double t0 = now();
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(now() - t0 < 5);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 130);
+    close(po[0]);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ others */
+
+static void test_eval_json(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    char *out, *err;
+    assert_int_equal(RUN(&out, &err, "eval", "-m", m, "-p", "Once upon a time", "--json"), 0);
+    assert_int_equal(count_lines(out), 1);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_non_null(j);
+    const char *keys[] = {"model", "prompt", "tokens", "top", "greedy", "text"};
+    for (int i = 0; i < 6; i++)
+        assert_non_null(json_object_get(j, keys[i]));
+    assert_string_equal(json_string_value(json_object_get(j, "model")), "stories260K.gguf");
+    size_t n = json_array_size(json_object_get(j, "tokens"));
+    assert_int_equal(json_array_size(json_object_get(j, "top")), n);
+    assert_int_equal(json_array_size(json_array_get(json_object_get(j, "top"), 0)), 5);
+    assert_int_equal(json_array_size(json_object_get(j, "greedy")), 40);
+    json_decref(j);
+    free(out), free(err);
+    /* ids outside the vocabulary */
+    assert_int_equal(RUN(&out, &err, "eval", "-m", m, "--tokens", "1,999999"), 1);
+    assert_non_null(strstr(err, "999999"));
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "eval", "-m", m, "--tokens", "1,two"), 2);
+    free(out), free(err);
+    free(m);
+}
+
+static void test_tokenize_and_info(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *v = nbt_data_path("vocab/ggml-vocab-llama-spm.gguf");
+    char *out, *err;
+    assert_int_equal(RUN(&out, &err, "tokenize", "-m", v, "Hello world"), 0);
+    assert_string_equal(out, "1 15043 3186\n");
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "tokenize", "-m", v, "--no-bos", "Hello world"), 0);
+    assert_string_equal(out, "15043 3186\n");
+    free(out), free(err);
+    /* a vocabulary file describes itself but cannot run */
+    assert_int_equal(RUN(&out, &err, "info", v), 0);
+    assert_non_null(strstr(out, "vocabulary:    32000 tokens"));
+    assert_non_null(strstr(out, "runnable:      no"));
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "run", "-m", v, "-p", "x"), 1);
+    assert_non_null(strstr(err, "token_embd"));
+    free(out), free(err);
+    free(v);
+    char *m = model("stories260K-wide-q4_k_m.gguf");
+    assert_int_equal(RUN(&out, &err, "info", "-a", m), 0);
+    assert_non_null(strstr(out, "architecture:  llama"));
+    assert_non_null(strstr(out, "Q4_K"));
+    assert_non_null(strstr(out, "runnable:      yes"));
+    assert_non_null(strstr(out, "blk.0.attn_q.weight"));
+    free(out), free(err);
+    free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_usage),
+        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_missing_and_corrupt_files),
+        cmocka_unit_test(test_seed_reproduces),
+        cmocka_unit_test(test_stop_and_verbose),
+        cmocka_unit_test(test_throughput),
+        cmocka_unit_test(test_interrupt),
+        cmocka_unit_test(test_eval_json),
+        cmocka_unit_test(test_tokenize_and_info),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
