@@ -117,10 +117,9 @@ static void test_missing_and_corrupt_files(void **state)
     char *cut = nbt_write_temp(data, len / 2, ".gguf");
     const char *cmds[] = {"run", "eval", "tokenize", "info"};
     for (int i = 0; i < 4; i++) {
-        int rc = i == 3 ? RUN(&out, &err, "info", cut)
-                        : RUN(&out, &err, (char *)cmds[i], "-m", cut, "-p", "x");
-        if (i == 2)
-            rc = RUN(&out, &err, "tokenize", "-m", cut, "x");
+        int rc = i == 3   ? RUN(&out, &err, "info", cut)
+                 : i == 2 ? RUN(&out, &err, "tokenize", "-m", cut, "x")
+                          : RUN(&out, &err, (char *)cmds[i], "-m", cut, "-p", "x");
         assert_int_equal(rc, 1);
         assert_non_null(strstr(err, "truncated"));
         free(out), free(err);
