@@ -378,6 +378,53 @@ static void test_batch_invariance(void **state)
     nb_model_close(m);
 }
 
+/* Any thread count computes the same bits (rows are split, never shared). */
+static void test_thread_invariance(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    const char *models[] = {"models/stories260K-wide-q4_0.gguf", "models/stories260K-wide-q6_k.gguf",
+                            "models/stories260K-wide-f16.gguf"};
+    for (int mi = 0; mi < 3; mi++) {
+        nb_model *m = open_model(models[mi]);
+        int n;
+        nb_token *toks = tokens_of(m, prompts[0], &n);
+        int V = nb_model_n_vocab(m);
+        nb_ctx *ref = NULL;
+        for (int th = 1; th <= 4; th++) {
+            nb_ctx_params cp = nb_ctx_default_params();
+            cp.n_ctx = 256;
+            cp.n_threads = th;
+            nb_ctx *c;
+            assert_int_equal(nb_ctx_new(m, &cp, &c, NULL, 0), NB_OK);
+            assert_int_equal(nb_ctx_decode(c, toks, n, 1), NB_OK);
+            nb_token next = 7;
+            assert_int_equal(nb_ctx_decode(c, &next, 1, 0), NB_OK); /* one-token path too */
+            if (!ref) {
+                ref = c;
+                continue;
+            }
+            assert_memory_equal(nb_ctx_logits(c, -1), nb_ctx_logits(ref, -1), (size_t)V * 4);
+            nb_ctx_free(c);
+        }
+        /* and the batch rows of the single-thread context match a 3-thread one */
+        nb_ctx_params cp = nb_ctx_default_params();
+        cp.n_ctx = 256;
+        cp.n_threads = 3;
+        nb_ctx *c3;
+        assert_int_equal(nb_ctx_new(m, &cp, &c3, NULL, 0), NB_OK);
+        nb_ctx_truncate(ref, 0);
+        assert_int_equal(nb_ctx_decode(ref, toks, n, 1), NB_OK);
+        assert_int_equal(nb_ctx_decode(c3, toks, n, 1), NB_OK);
+        for (int t = 0; t < n; t++)
+            assert_memory_equal(nb_ctx_logits(c3, t), nb_ctx_logits(ref, t), (size_t)V * 4);
+        nb_ctx_free(c3);
+        nb_ctx_free(ref);
+        free(toks);
+        nb_model_close(m);
+    }
+}
+
 static void test_decode_errors(void **state)
 {
     (void)state;
@@ -413,6 +460,10 @@ static void test_decode_errors(void **state)
     assert_null(c);
     cp.n_ctx = -1;
     assert_int_equal(nb_ctx_new(m, &cp, &c, err, sizeof err), NB_ERR_INVALID);
+    cp.n_ctx = 8;
+    cp.n_threads = 100000;
+    assert_int_equal(nb_ctx_new(m, &cp, &c, err, sizeof err), NB_ERR_INVALID);
+    assert_non_null(strstr(err, "threads"));
     nb_model_close(m);
 
     /* a vocabulary-only model cannot be evaluated */
@@ -448,7 +499,7 @@ int main(void)
         {"models/stories260K-wide-q4_k_m.gguf", 1.0, 0.12},
     };
     enum { NC = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NC + 2];
+    struct CMUnitTest tests[NC + 3];
     for (int i = 0; i < NC; i++) {
         tests[i] = (struct CMUnitTest)cmocka_unit_test(test_oracle);
         tests[i].name = cases[i].model + 7;
@@ -456,5 +507,6 @@ int main(void)
     }
     tests[NC] = (struct CMUnitTest)cmocka_unit_test(test_batch_invariance);
     tests[NC + 1] = (struct CMUnitTest)cmocka_unit_test(test_decode_errors);
-    return _cmocka_run_group_tests("forward", tests, NC + 2, NULL, NULL);
+    tests[NC + 2] = (struct CMUnitTest)cmocka_unit_test(test_thread_invariance);
+    return _cmocka_run_group_tests("forward", tests, NC + 3, NULL, NULL);
 }

@@ -58,6 +58,10 @@ NB_API const char *nb_strerror(nb_status status);
 /* The library's version string, NB_VERSION at build time. */
 NB_API const char *nb_version(void);
 
+/* Physical CPU cores (hyperthread siblings counted once); the default
+ * thread count.  At least 1. */
+NB_API int nb_physical_cores(void);
+
 /* ------------------------------------------------------------------ */
 /* Tensor types, numbered as in GGUF (ggml).                           */
 
@@ -247,7 +251,9 @@ typedef struct nb_ctx_params {
                       context, capped at 4096 */
     int n_batch;   /* largest number of tokens evaluated in one pass
                       (default 512); longer inputs are split */
-    int n_threads; /* worker threads; 0 = default */
+    int n_threads; /* threads, the caller included (1..256); 0 = the
+                      physical core count.  Results are identical for
+                      every thread count. */
 } nb_ctx_params;
 
 NB_API nb_ctx_params nb_ctx_default_params(void);

@@ -26,6 +26,7 @@
 struct nb_ctx {
     const nb_model *m;
     const nbi_kernels *k;
+    nbi_pool *pool;
     int n_ctx, n_batch, n_threads;
     int n_past;
     nb_fp16 *kcache;   /* (n_layer, n_ctx, kv_dim) */
@@ -37,8 +38,8 @@ struct nb_ctx {
     float *kv;         /* (B, kv_dim) new keys, then values */
     float *att;        /* (B, q_dim) attention output */
     float *h1, *h2;    /* (B, n_ff) */
-    nb_fp16 *q16;      /* (head_dim) */
-    nb_fp16 *acc16;    /* (head_dim) attention accumulator */
+    nb_fp16 *q16;      /* (n_threads, head_dim) */
+    nb_fp16 *acc16;    /* (n_threads, head_dim) attention accumulators */
     float *rope_cs;    /* (n_rot) cos/sin pairs for one position */
     void *qact;        /* quantized activations: B rows */
     size_t qact_row;   /* bytes per row in qact */
@@ -90,7 +91,17 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->k = nbi_kernels_get();
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
-    c->n_threads = p.n_threads ? p.n_threads : 1;
+    c->n_threads = p.n_threads ? p.n_threads : nb_physical_cores();
+    if (c->n_threads > NBI_MAX_THREADS) {
+        free(c);
+        return nbi_err(err, errlen, NB_ERR_INVALID, "%d threads requested (limit %d)",
+                       p.n_threads, NBI_MAX_THREADS);
+    }
+    if (nbi_pool_new(c->n_threads, &c->pool) != NB_OK) {
+        int n = c->n_threads;
+        free(c);
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "cannot start %d threads", n);
+    }
 
     size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * (size_t)hp->head_dim,
            KV = (size_t)hp->n_head_kv * (size_t)hp->head_dim, F = (size_t)hp->n_ff,
@@ -110,8 +121,8 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->att = alloc_floats(B * Q);
     c->h1 = alloc_floats(B * F);
     c->h2 = alloc_floats(B * F);
-    c->q16 = nbi_malloc_array((size_t)hp->head_dim, sizeof(nb_fp16));
-    c->acc16 = nbi_malloc_array((size_t)hp->head_dim, sizeof(nb_fp16));
+    c->q16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
+    c->acc16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
     c->rope_cs = alloc_floats((size_t)hp->n_rot);
 
     /* Activation rows are quantized for every weight type in the model;
@@ -144,6 +155,7 @@ void nb_ctx_free(nb_ctx *c)
 {
     if (!c)
         return;
+    nbi_pool_free(c->pool);
     free(c->kcache);
     free(c->vcache);
     free(c->x);
@@ -190,23 +202,49 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 
 /* y(B, n_out) = x(B, n_in) . W^T, where W has n_out rows of n_in.  The
  * activations are converted once to the weight type's dot format; then
- * each weight row is used for all B tokens while it is in cache. */
+ * each thread takes a contiguous range of weight rows and uses each row
+ * for all B tokens while it is in cache. */
+typedef struct matmul_job {
+    nb_ctx *c;
+    const nbi_tensor *W;
+    const float *x;
+    int B;
+    float *y;
+} matmul_job;
+
+static void matmul_quantize(void *arg, int ith, int nth)
+{
+    const matmul_job *j = arg;
+    const int n_in = (int)j->W->ne[0];
+    const nbi_from_float_fn quant = j->c->k->from_float[nbi_types[j->W->type].vec_dot_type];
+    char *qa = j->c->qact;
+    for (int t = ith; t < j->B; t += nth)
+        quant(j->x + (size_t)t * n_in, qa + (size_t)t * j->c->qact_row, n_in);
+}
+
+static void matmul_rows(void *arg, int ith, int nth)
+{
+    const matmul_job *j = arg;
+    const int n_in = (int)j->W->ne[0], n_out = (int)j->W->ne[1];
+    const nbi_vec_dot_fn dot = j->c->k->vec_dot[j->W->type];
+    const size_t wrow = nbi_row_size(j->W->type, n_in), arow = j->c->qact_row;
+    const char *w = j->W->data, *qa = j->c->qact;
+    int64_t r0, r1;
+    nbi_split(n_out, ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        const char *wr = w + (size_t)r * wrow;
+        for (int t = 0; t < j->B; t++)
+            dot(n_in, &j->y[(size_t)t * n_out + r], wr, qa + (size_t)t * arow);
+    }
+}
+
 static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
 {
-    const int n_in = (int)W->ne[0], n_out = (int)W->ne[1];
-    const int vt = nbi_types[W->type].vec_dot_type;
-    const nbi_from_float_fn quant = c->k->from_float[vt];
-    const nbi_vec_dot_fn dot = c->k->vec_dot[W->type];
-    const size_t wrow = nbi_row_size(W->type, n_in);
-    char *qa = c->qact;
-    for (int t = 0; t < B; t++)
-        quant(x + (size_t)t * n_in, qa + (size_t)t * c->qact_row, n_in);
-    const char *w = W->data;
-    for (int r = 0; r < n_out; r++) {
-        const char *wr = w + (size_t)r * wrow;
-        for (int t = 0; t < B; t++)
-            dot(n_in, &y[(size_t)t * n_out + r], wr, qa + (size_t)t * c->qact_row);
-    }
+    matmul_job j = {c, W, x, B, y};
+    if (B == 0)
+        return;
+    nbi_pool_run(B > 1 ? c->pool : NULL, matmul_quantize, &j);
+    nbi_pool_run(c->pool, matmul_rows, &j);
 }
 
 /* Rotary embedding on pairs (2i, 2i+1) of the first n_rot dimensions of
@@ -277,45 +315,62 @@ static float silu(float x)
  * weighted values in F16, which is what llama.cpp's default (flash
  * attention) CPU path computes.  Matching its rounding here is what lets
  * greedy continuations agree token for token. */
-static void attend(nb_ctx *c, int layer, const float *q, int pos, float *out)
+static void attend_head(nb_ctx *c, int layer, const float *q, int pos, int h, float *o,
+                        nb_fp16 *q16, nb_fp16 *acc)
 {
     const nbi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd;
-    const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
     const nb_fp16 *K = c->kcache + (size_t)layer * c->n_ctx * kv_dim;
     const nb_fp16 *V = c->vcache + (size_t)layer * c->n_ctx * kv_dim;
     const nbi_vec_dot_fn dot16 = c->k->vec_dot[NB_TYPE_F16];
-    const nbi_from_float_fn to16 = c->k->from_float[NB_TYPE_F16];
-    nb_fp16 *acc = c->acc16;
+    const size_t koff = (size_t)(h / (hp->n_head / hp->n_head_kv)) * hd;
 
-    for (int h = 0; h < hp->n_head; h++) {
-        const size_t koff = (size_t)(h / group) * hd;
-        to16(q + (size_t)h * hd, c->q16, hd);
-        memset(acc, 0, (size_t)hd * sizeof *acc);
-        float S = 0.0f, M = -INFINITY;
-        for (int j = 0; j <= pos; j++) {
-            float s;
-            dot16(hd, &s, K + (size_t)j * kv_dim + koff, c->q16);
-            s *= scale;
-            float ms = 1.0f, vs = 1.0f;
-            if (s > M) { /* new maximum: rescale what has been summed */
-                ms = expf(M - s);
-                M = s;
-                for (int d = 0; d < hd; d++)
-                    acc[d] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(acc[d]) * ms);
-            } else {
-                vs = expf(s - M);
-            }
-            const nb_fp16 *vr = V + (size_t)j * kv_dim + koff;
+    c->k->from_float[NB_TYPE_F16](q + (size_t)h * hd, q16, hd);
+    memset(acc, 0, (size_t)hd * sizeof *acc);
+    float S = 0.0f, M = -INFINITY;
+    for (int j = 0; j <= pos; j++) {
+        float s;
+        dot16(hd, &s, K + (size_t)j * kv_dim + koff, q16);
+        s *= scale;
+        float ms = 1.0f, vs = 1.0f;
+        if (s > M) { /* new maximum: rescale what has been summed */
+            ms = expf(M - s);
+            M = s;
             for (int d = 0; d < hd; d++)
-                acc[d] = nbi_fp32_to_fp16(fmaf(nbi_fp16_to_fp32(vr[d]), vs, nbi_fp16_to_fp32(acc[d])));
-            S = S * ms + vs;
+                acc[d] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(acc[d]) * ms);
+        } else {
+            vs = expf(s - M);
         }
-        const float inv = 1.0f / S;
-        float *o = out + (size_t)h * hd;
+        const nb_fp16 *vr = V + (size_t)j * kv_dim + koff;
         for (int d = 0; d < hd; d++)
-            o[d] = nbi_fp16_to_fp32(acc[d]) * inv;
+            acc[d] = nbi_fp32_to_fp16(fmaf(nbi_fp16_to_fp32(vr[d]), vs, nbi_fp16_to_fp32(acc[d])));
+        S = S * ms + vs;
+    }
+    const float inv = 1.0f / S;
+    for (int d = 0; d < hd; d++)
+        o[d] = nbi_fp16_to_fp32(acc[d]) * inv;
+}
+
+typedef struct attend_job {
+    nb_ctx *c;
+    int layer, B, p0;
+} attend_job;
+
+/* Every (token, head) pair is independent: split them across threads. */
+static void attend_task(void *arg, int ith, int nth)
+{
+    const attend_job *j = arg;
+    nb_ctx *c = j->c;
+    const nbi_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, Qd = hp->n_head * hd;
+    int64_t lo, hi;
+    nbi_split((int64_t)j->B * hp->n_head, ith, nth, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        const int t = (int)(i / hp->n_head), h = (int)(i % hp->n_head);
+        attend_head(c, j->layer, c->q + (size_t)t * Qd, j->p0 + t, h,
+                    c->att + (size_t)t * Qd + (size_t)h * hd, c->q16 + (size_t)ith * hd,
+                    c->acc16 + (size_t)ith * hd);
     }
 }
 
@@ -352,8 +407,8 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
         matmul(c, L->wv, c->xn, B, c->kv);
         c->k->from_float[NB_TYPE_F16](c->kv, Vc, (int64_t)B * KVd);
 
-        for (int t = 0; t < B; t++)
-            attend(c, l, c->q + (size_t)t * Qd, p0 + t, c->att + (size_t)t * Qd);
+        attend_job aj = {c, l, B, p0};
+        nbi_pool_run(c->pool, attend_task, &aj);
         matmul(c, L->wo, c->att, B, c->xn);
         for (size_t i = 0; i < (size_t)B * E; i++)
             c->x[i] += c->xn[i];

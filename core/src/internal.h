@@ -67,6 +67,28 @@ int nbi_utf8_valid_len(const unsigned char *s, size_t n);
 /* Expected length of a sequence from its first byte (1 for invalid). */
 int nbi_utf8_len(unsigned char c);
 
+/* ------------------------------------------------------------------ threads.c */
+
+#define NBI_MAX_THREADS 256
+
+typedef struct nbi_pool nbi_pool;
+/* fn(arg, ith, nth) runs on every thread; ith = 0 is the caller. */
+typedef void (*nbi_task_fn)(void *arg, int ith, int nth);
+
+nb_status nbi_pool_new(int n_threads, nbi_pool **out);
+void nbi_pool_free(nbi_pool *p);
+int nbi_pool_size(const nbi_pool *p);
+/* Run fn on all threads and wait for all of them. */
+void nbi_pool_run(nbi_pool *p, nbi_task_fn fn, void *arg);
+
+/* Split n items into nth near-equal ranges; thread ith gets [*lo, *hi). */
+static inline void nbi_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi)
+{
+    int64_t per = n / nth, extra = n % nth;
+    *lo = ith * per + (ith < extra ? ith : extra);
+    *hi = *lo + per + (ith < extra);
+}
+
 /* ------------------------------------------------------------------ gguf.c */
 
 typedef struct nbi_kv {

@@ -29,7 +29,7 @@ static const char eval_usage[] =
     "      --greedy N      greedy tokens to generate (default 40); stops after\n"
     "                      the end-of-text token, which is included\n"
     "  -c, --ctx-size N    context size (default: prompt + N, at least 512)\n"
-    "  -t, --threads N     worker threads\n"
+    "  -t, --threads N     threads (default: the physical core count)\n"
     "      --no-bos        do not add the beginning-of-text token\n"
     "      --json          one JSON line: {model, prompt, tokens, top, greedy, text}\n"
     "  -h, --help          show this help\n";
@@ -182,7 +182,7 @@ int cmd_eval(int argc, char **argv)
             n_ctx = 512;
     }
     cp.n_ctx = (int)n_ctx;
-    cp.n_threads = n_threads ? (int)n_threads : default_threads();
+    cp.n_threads = (int)n_threads; /* 0: the physical core count */
     if (nb_ctx_new(m, &cp, &ctx, errbuf, sizeof errbuf)) {
         tool_error("%s", errbuf);
         goto done;

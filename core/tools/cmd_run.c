@@ -25,7 +25,7 @@ static const char run_usage[] =
     "                          end-of-text token or a full context)\n"
     "  -c, --ctx-size N        context size in tokens (default: the model's,\n"
     "                          at most 4096)\n"
-    "  -t, --threads N         worker threads (default: all cores)\n"
+    "  -t, --threads N         threads (default: the physical core count)\n"
     "      --temp T            temperature; 0 = greedy (default 0.8)\n"
     "      --top-k N           keep the N most likely tokens; 0 = off (default 40)\n"
     "      --top-p P           nucleus sampling; 1 = off (default 0.95)\n"
@@ -238,7 +238,7 @@ int cmd_run(int argc, char **argv)
     }
     nb_ctx_params cp = nb_ctx_default_params();
     cp.n_ctx = (int)n_ctx;
-    cp.n_threads = n_threads ? (int)n_threads : default_threads();
+    cp.n_threads = (int)n_threads; /* 0: the physical core count */
     nb_status st = nb_ctx_new(m, &cp, &ctx, errbuf, sizeof errbuf);
     if (st) {
         tool_error("%s", errbuf);

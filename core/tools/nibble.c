@@ -187,12 +187,6 @@ char *utf8_sanitize(const char *s, size_t len)
     return out;
 }
 
-int default_threads(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {

@@ -40,7 +40,4 @@ nb_token *tokenize_all(const nb_model *m, const char *text, size_t len, int flag
 /* Copy text into dst replacing invalid UTF-8 with U+FFFD; malloc'd. */
 char *utf8_sanitize(const char *s, size_t len);
 
-/* Default worker thread count (physical cores). */
-int default_threads(void);
-
 #endif
