@@ -152,6 +152,31 @@ nb_status nbi_gguf_get_array(const nb_gguf *g, const char *key, nb_gguf_vtype el
                              const nbi_kv **kv, int *found, char *err, size_t errlen);
 const char *nbi_gguf_type_name(nb_gguf_vtype t);
 
+/* ------------------------------------------------------------------ gguf_write.c */
+
+typedef struct nbi_gw nbi_gw;
+/* Produce the nbytes of tensor `index` (in declaration order) into dst. */
+typedef nb_status (*nbi_gw_fill_fn)(void *ctx, int64_t index, void *dst, size_t nbytes,
+                                    char *err, size_t errlen);
+
+nb_status nbi_gw_new(nbi_gw **out);
+void nbi_gw_free(nbi_gw *w);
+nb_status nbi_gw_str(nbi_gw *w, const char *key, const char *s);
+nb_status nbi_gw_u32(nbi_gw *w, const char *key, uint32_t v);
+nb_status nbi_gw_f32(nbi_gw *w, const char *key, float v);
+nb_status nbi_gw_bool(nbi_gw *w, const char *key, bool v);
+/* Arrays of FLOAT32, INT32 or UINT32. */
+nb_status nbi_gw_arr(nbi_gw *w, const char *key, nb_gguf_vtype elem, const void *data, uint64_t n);
+/* An array of strings; len may be NULL for NUL-terminated strings. */
+nb_status nbi_gw_arr_str(nbi_gw *w, const char *key, const char *const *s, const uint32_t *len,
+                         uint64_t n);
+/* Copy one entry of another file verbatim. */
+nb_status nbi_gw_copy(nbi_gw *w, const nb_gguf *src, const char *key);
+nb_status nbi_gw_tensor(nbi_gw *w, const char *name, int type, int n_dims, const int64_t ne[4]);
+/* Write everything to path (via a temporary file renamed into place). */
+nb_status nbi_gw_write(nbi_gw *w, const char *path, nbi_gw_fill_fn fill, void *ctx, char *err,
+                       size_t errlen);
+
 /* Iterate the strings of a validated string array. */
 static inline const uint8_t *nbi_gguf_next_str(const uint8_t *p, const char **s, uint64_t *len)
 {

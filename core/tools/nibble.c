@@ -25,6 +25,7 @@ static const char usage[] =
     "             continuation, as text or one JSON line (--json)\n"
     "  tokenize   print the token ids of a text\n"
     "  info       describe a model file: architecture, sizes, types, vocabulary\n"
+    "  synth      write a random-weight LLaMA model of a given shape\n"
     "\n"
     "Run 'nibble COMMAND --help' for the options of a command.\n"
     "Exit status: 0 success, 1 error, 2 usage error, 130 interrupted.\n";
@@ -210,6 +211,8 @@ int main(int argc, char **argv)
         return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "info"))
         return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "synth"))
+        return cmd_synth(argc - 1, argv + 1);
     fprintf(stderr, "nibble: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }
