@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -329,6 +330,76 @@ static void test_tokenize_and_info(void **state)
     free(m);
 }
 
+/* synth: a loadable model of the requested shape, the same bytes for the
+ * same seed, written atomically. */
+static void test_synth(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/nibble-synth-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char a[256], b[256], c[256];
+    snprintf(a, sizeof a, "%s/a.gguf", dir);
+    snprintf(b, sizeof b, "%s/b.gguf", dir);
+    snprintf(c, sizeof c, "%s/c.gguf", dir);
+    char *out, *err;
+    assert_int_equal(RUN(&out, &err, "synth", "-o", a, "--seed", "7"), 0);
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "synth", "-o", b, "--seed", "7"), 0);
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "synth", "-o", c, "--seed", "8", "--type", "F32", "--layers",
+                         "3", "--embd", "96", "--heads", "6", "--kv-heads", "3"),
+                     0);
+    free(out), free(err);
+    size_t la, lb;
+    char *da = nbt_read_file(a, &la), *db = nbt_read_file(b, &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(da, db, la);
+    free(da), free(db);
+    assert_int_equal(RUN(&out, &err, "info", c), 0);
+    assert_non_null(strstr(out, "layers:        3"));
+    assert_non_null(strstr(out, "embedding:     96"));
+    assert_non_null(strstr(out, "heads:         6 (key/value heads 3, head size 16)"));
+    assert_non_null(strstr(out, "vocabulary:    512 tokens"));
+    free(out), free(err);
+    /* it runs, and a seed reproduces its text */
+    char *g1, *g2;
+    assert_int_equal(RUN(&g1, &err, "run", "-m", c, "-p", "abc", "-n", "16", "--seed", "3"), 0);
+    free(err);
+    assert_int_equal(RUN(&g2, &err, "run", "-m", c, "-p", "abc", "-n", "16", "--seed", "3"), 0);
+    free(err);
+    assert_string_equal(g1, g2);
+    free(g1), free(g2);
+    /* impossible shapes are usage errors; an unwritable place leaves nothing */
+    assert_int_equal(RUN(&out, &err, "synth", "-o", a, "--embd", "100", "--heads", "3"), 2);
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "synth", "-o", "/nonexistent-dir/x.gguf"), 1);
+    assert_non_null(strstr(err, "/nonexistent-dir/x.gguf"));
+    free(out), free(err);
+    if (nbt_data_dir()) {
+        /* a vocabulary taken from another file tokenizes exactly as that file */
+        char *v = nbt_data_path("vocab/ggml-vocab-llama-spm.gguf");
+        char path[300];
+        snprintf(path, sizeof path, "%s.synth.gguf", a);
+        assert_int_equal(RUN(&out, &err, "synth", "-o", path, "--vocab", v), 0);
+        free(out), free(err);
+        char *t1, *t2;
+        assert_int_equal(RUN(&t1, &err, "tokenize", "-m", v, "Hello world, \xf0\x9f\x99\x82!"), 0);
+        free(err);
+        assert_int_equal(RUN(&t2, &err, "tokenize", "-m", path, "Hello world, \xf0\x9f\x99\x82!"), 0);
+        free(err);
+        assert_string_equal(t1, t2);
+        free(t1), free(t2);
+        assert_int_equal(RUN(&out, &err, "info", path), 0);
+        assert_non_null(strstr(out, "vocabulary:    32000 tokens"));
+        free(out), free(err);
+        unlink(path);
+        free(v);
+    }
+    unlink(a), unlink(b), unlink(c);
+    assert_int_equal(rmdir(dir), 0); /* no temporary files were left behind */
+
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_interrupt),
         cmocka_unit_test(test_eval_json),
         cmocka_unit_test(test_tokenize_and_info),
+        cmocka_unit_test(test_synth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

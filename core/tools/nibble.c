@@ -26,6 +26,8 @@ static const char usage[] =
     "  tokenize   print the token ids of a text\n"
     "  info       describe a model file: architecture, sizes, types, vocabulary\n"
     "  synth      write a random-weight LLaMA model of a given shape\n"
+    "  quantize   convert an F32/F16/BF16 model to a quantized type\n"
+    "  bench      measure prompt and generation speed against memory bandwidth\n"
     "\n"
     "Run 'nibble COMMAND --help' for the options of a command.\n"
     "Exit status: 0 success, 1 error, 2 usage error, 130 interrupted.\n";
@@ -213,6 +215,10 @@ int main(int argc, char **argv)
         return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "synth"))
         return cmd_synth(argc - 1, argv + 1);
+    if (0 && !strcmp(cmd, "quantize"))
+        return cmd_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "nibble: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }

@@ -1,0 +1,340 @@
+/*
+ * cmd_bench.c - `nibble bench`: prompt-processing and generation speed of
+ * a model, beside the memory read bandwidth measured in the same run.
+ *
+ * Generating a token reads every weight matrix once, so generation speed
+ * is bounded by memory bandwidth: efficiency = tokens/s x bytes of weights
+ * read per token / measured bandwidth.  pp is the speed of evaluating a
+ * prompt of P random tokens in one batch; tg the speed of generating N
+ * tokens one at a time from an empty context (llama-bench's pp512 and
+ * tg128).  Nothing here asserts a time; these are figures to read.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "internal.h"
+#include "tools.h"
+
+static const char bench_usage[] =
+    "usage: nibble bench -m MODEL [-t N] [-p 512] [-n 128] [-r 1] [--json]\n"
+    "\n"
+    "Measure prompt processing (pp) and generation (tg) speed, and the memory\n"
+    "read bandwidth in the same run.\n"
+    "\n"
+    "  -m, --model FILE    GGUF model (any file nibble loads)\n"
+    "  -t, --threads N     thread count (default: 1 and the physical core count)\n"
+    "  -p, --prompt N      prompt tokens for pp (default 512; 0 skips pp)\n"
+    "  -n, --gen N         generated tokens for tg (default 128; 0 skips tg)\n"
+    "  -r, --reps N        repetitions, best kept (default 1)\n"
+    "      --json          one JSON object per thread count, one per line\n"
+    "  -h, --help          show this help\n";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------ bandwidth */
+
+typedef struct bw_job {
+    const uint8_t *buf;
+    size_t size;
+    uint64_t sink[NBI_MAX_THREADS * 8];
+} bw_job;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static uint64_t read_avx2(const uint8_t *p, size_t n)
+{
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    for (size_t i = 0; i + 128 <= n; i += 128) {
+        a = _mm256_xor_si256(a, _mm256_load_si256((const __m256i *)(p + i)));
+        b = _mm256_xor_si256(b, _mm256_load_si256((const __m256i *)(p + i + 32)));
+        c = _mm256_xor_si256(c, _mm256_load_si256((const __m256i *)(p + i + 64)));
+        d = _mm256_xor_si256(d, _mm256_load_si256((const __m256i *)(p + i + 96)));
+    }
+    a = _mm256_xor_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(c, d));
+    return (uint64_t)_mm256_extract_epi64(a, 0) ^ (uint64_t)_mm256_extract_epi64(a, 3);
+}
+#endif
+
+static uint64_t read_plain(const uint8_t *p, size_t n)
+{
+    const uint64_t *q = (const uint64_t *)p;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i + 4 <= n / 8; i += 4) {
+        a ^= q[i];
+        b ^= q[i + 1];
+        c ^= q[i + 2];
+        d ^= q[i + 3];
+    }
+    return a ^ b ^ c ^ d;
+}
+
+static void bw_task(void *arg, int ith, int nth)
+{
+    bw_job *j = arg;
+    int64_t lo, hi;
+    nbi_split((int64_t)(j->size / 4096), ith, nth, &lo, &hi);
+    const uint8_t *p = j->buf + (size_t)lo * 4096;
+    size_t n = (size_t)(hi - lo) * 4096;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        j->sink[ith * 8] ^= read_avx2(p, n);
+        return;
+    }
+#endif
+    j->sink[ith * 8] ^= read_plain(p, n);
+}
+
+/* Read bandwidth in GB/s with n threads over a buffer far larger than any
+ * cache; the best of a few passes. */
+static double measure_bandwidth(nbi_pool *pool)
+{
+    size_t size = (size_t)1 << 30;
+    bw_job *j = calloc(1, sizeof *j);
+    uint8_t *buf = NULL;
+    if (!j || posix_memalign((void **)&buf, 4096, size) != 0) {
+        free(j);
+        return 0;
+    }
+    memset(buf, 1, size);
+    j->buf = buf;
+    j->size = size;
+    double best = 0;
+    for (int rep = 0; rep < 4; rep++) {
+        double t0 = now_s();
+        nbi_pool_run(pool, bw_task, j);
+        double t = now_s() - t0;
+        if (t > 0 && (double)size / t > best)
+            best = (double)size / t;
+    }
+    free(buf);
+    free(j);
+    return best / 1e9;
+}
+
+/* Measure in a child process so the 1 GiB buffer does not count towards
+ * the peak RSS reported for the model. */
+static double bandwidth_in_child(int threads)
+{
+    int fd[2];
+    double gbs = 0;
+    if (pipe(fd) != 0)
+        return 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        nbi_pool *pool;
+        double v = 0;
+        if (nbi_pool_new(threads, &pool) == NB_OK) {
+            v = measure_bandwidth(pool);
+            nbi_pool_free(pool);
+        }
+        ssize_t w = write(fd[1], &v, sizeof v);
+        _exit(w == (ssize_t)sizeof v ? 0 : 1);
+    }
+    close(fd[1]);
+    if (pid > 0) {
+        if (read(fd[0], &gbs, sizeof gbs) != (ssize_t)sizeof gbs)
+            gbs = 0;
+        waitpid(pid, NULL, 0);
+    }
+    close(fd[0]);
+    return gbs;
+}
+
+/* ------------------------------------------------------------------ model */
+
+/* Bytes of weight matrices one generated token reads. */
+static uint64_t weight_bytes_per_token(const nb_model *m)
+{
+    uint64_t total = m->output->nbytes;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const nbi_layer *L = &m->layers[l];
+        total += L->wq->nbytes + L->wk->nbytes + L->wv->nbytes + L->wo->nbytes +
+                 L->w_gate->nbytes + L->w_up->nbytes + L->w_down->nbytes;
+    }
+    return total;
+}
+
+typedef struct result {
+    int threads;
+    double pp, tg, bandwidth, efficiency;
+} result;
+
+static int run_one(const nb_model *m, int threads, int n_prompt, int n_gen, int reps,
+                   result *r)
+{
+    nb_ctx_params cp = nb_ctx_default_params();
+    cp.n_threads = threads;
+    cp.n_ctx = NBI_MAX(n_prompt, n_gen) + 16;
+    cp.n_batch = n_prompt > 0 ? n_prompt : 512;
+    nb_ctx *c;
+    char err[256];
+    if (nb_ctx_new(m, &cp, &c, err, sizeof err)) {
+        tool_error("%s", err);
+        return -1;
+    }
+    int n_vocab = nb_model_n_vocab(m);
+    int n_tok = NBI_MAX(n_prompt, n_gen);
+    nb_token *toks = malloc((size_t)(n_tok > 0 ? n_tok : 1) * sizeof *toks);
+    if (!toks) {
+        nb_ctx_free(c);
+        return tool_error("out of memory");
+    }
+    uint64_t x = 88172645463325252ull; /* fixed "random" ids: xorshift */
+    for (int i = 0; i < n_tok; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        toks[i] = (nb_token)(x % (uint64_t)n_vocab);
+    }
+    /* warm-up: one token touches every weight page once */
+    nb_ctx_decode(c, toks, 1, 0);
+    r->threads = threads;
+    r->pp = r->tg = 0;
+    for (int rep = 0; rep < reps; rep++) {
+        if (n_prompt > 0) {
+            nb_ctx_truncate(c, 0);
+            double t0 = now_s();
+            if (nb_ctx_decode(c, toks, n_prompt, 0)) {
+                tool_error("%s", nb_ctx_errmsg(c));
+                break;
+            }
+            double t = now_s() - t0;
+            r->pp = NBI_MAX(r->pp, n_prompt / t);
+        }
+        if (n_gen > 0) {
+            nb_ctx_truncate(c, 0);
+            double t0 = now_s();
+            for (int i = 0; i < n_gen; i++)
+                if (nb_ctx_decode(c, &toks[i], 1, 0)) {
+                    tool_error("%s", nb_ctx_errmsg(c));
+                    break;
+                }
+            double t = now_s() - t0;
+            r->tg = NBI_MAX(r->tg, n_gen / t);
+        }
+    }
+    free(toks);
+    nb_ctx_free(c);
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"threads", required_argument, 0, 't'},
+        {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
+        {"reps", required_argument, 0, 'r'},  {"json", no_argument, 0, 'J'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    const char *path = getenv("NIBBLE_MODEL");
+    long threads = 0, n_prompt = 512, n_gen = 128, reps = 1;
+    int json = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:t:p:n:r:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': path = optarg; break;
+        case 't':
+            if (parse_int(optarg, 1, NBI_MAX_THREADS, &threads))
+                return tool_usage_error("bench", "-t wants 1..%d, not '%s'", NBI_MAX_THREADS, optarg);
+            break;
+        case 'p':
+            if (parse_int(optarg, 0, 1 << 16, &n_prompt))
+                return tool_usage_error("bench", "-p wants 0..65536, not '%s'", optarg);
+            break;
+        case 'n':
+            if (parse_int(optarg, 0, 1 << 16, &n_gen))
+                return tool_usage_error("bench", "-n wants 0..65536, not '%s'", optarg);
+            break;
+        case 'r':
+            if (parse_int(optarg, 1, 100, &reps))
+                return tool_usage_error("bench", "-r wants 1..100, not '%s'", optarg);
+            break;
+        case 'J': json = 1; break;
+        case 'h': fputs(bench_usage, stdout); return EXIT_OK;
+        default: return tool_usage_error("bench", "unknown option");
+        }
+    }
+    if (optind < argc)
+        return tool_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+    if (!path || !*path)
+        return tool_usage_error("bench", "no model: give -m FILE or set NIBBLE_MODEL");
+
+    double t0 = now_s();
+    nb_model *m = open_model(path, 0);
+    if (!m)
+        return EXIT_ERR;
+    double load_ms = (now_s() - t0) * 1e3;
+    nb_model_info info;
+    nb_model_get_info(m, &info);
+    uint64_t per_token = weight_bytes_per_token(m);
+    int counts[2] = {1, nb_physical_cores()};
+    int n_counts = counts[1] > 1 ? 2 : 1;
+    if (threads) {
+        counts[0] = (int)threads;
+        n_counts = 1;
+    }
+    char *pcopy = strdup(path);
+    const char *base = pcopy ? basename(pcopy) : path;
+    if (!json)
+        printf("model %s: %s, %.2f M parameters, %.1f MiB of weights read per token\n", base,
+               info.file_type, (double)info.n_params / 1e6, (double)per_token / 1048576.0);
+    if (!json)
+        printf("%7s %12s %12s %14s %13s\n", "threads", "pp tok/s", "tg tok/s", "read GB/s",
+               "tg efficiency");
+    for (int i = 0; i < n_counts; i++) {
+        result r = {0};
+        if (run_one(m, counts[i], (int)n_prompt, (int)n_gen, (int)reps, &r)) {
+            nb_model_close(m);
+            free(pcopy);
+            return EXIT_ERR;
+        }
+        r.bandwidth = bandwidth_in_child(counts[i]);
+        r.efficiency = r.bandwidth > 0 ? r.tg * (double)per_token / (r.bandwidth * 1e9) : 0;
+        if (json) {
+            json_t *o = json_pack("{s:s, s:i, s:f, s:f, s:f, s:f, s:s, s:I}", "model", base,
+                                  "threads", r.threads, "pp", r.pp, "tg", r.tg, "bandwidth_gbs",
+                                  r.bandwidth, "tg_efficiency", r.efficiency, "type",
+                                  info.file_type, "weight_bytes_per_token", (json_int_t)per_token);
+            char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+            if (s)
+                puts(s);
+            free(s);
+            json_decref(o);
+        } else {
+            printf("%7d %12.2f %12.2f %14.2f %13.2f\n", r.threads, r.pp, r.tg, r.bandwidth,
+                   r.efficiency);
+        }
+        fflush(stdout);
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (json) {
+        json_t *o = json_pack("{s:s, s:f, s:f, s:s}", "model", base, "load_ms", load_ms,
+                              "peak_rss_mib", (double)ru.ru_maxrss / 1024.0, "kernels",
+                              nbi_kernels_get()->level);
+        char *js = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+        if (js)
+            puts(js);
+        free(js);
+        json_decref(o);
+    } else
+        printf("load %.1f ms (mapped, pages read on first use), peak RSS %.1f MiB, kernels %s\n",
+               load_ms, (double)ru.ru_maxrss / 1024.0, nbi_kernels_get()->level);
+    nb_model_close(m);
+    free(pcopy);
+    return EXIT_OK;
+}
