@@ -61,7 +61,7 @@ endif
 ARCH := $(shell $(CC) -dumpmachine 2>/dev/null)
 
 # ------------------------------------------------------------------ sources
-LIB_SRC := $(sort $(wildcard core/src/*.c) $(wildcard core/kernels/*_ref.c) core/kernels/dispatch.c)
+LIB_SRC := $(sort $(wildcard core/src/*.c) $(wildcard core/kernels/*_ref.c) core/kernels/dispatch.c core/kernels/quantize.c)
 ifneq ($(filter x86_64%,$(ARCH)),)
 LIB_SRC += $(sort $(wildcard core/kernels/*_avx2.c))
 endif
@@ -166,4 +166,4 @@ clean:
 -include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
 
 # Keep test objects: they are intermediates of the test binaries.
-.SECONDARY:
+.SECONDARY: $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.o)

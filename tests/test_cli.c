@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "internal.h"
+
 #define RUN(out, err, ...) run_nibble(out, err, (char *[]){(char *)nbt_bin("nibble"), __VA_ARGS__, NULL})
 
 static int run_nibble(char **out, char **err, char *argv[])
@@ -400,6 +402,78 @@ static void test_synth(void **state)
 
 }
 
+/* Every tensor of two GGUF files: same names, types, shapes and bytes. */
+static void assert_same_tensors(const char *a, const char *b)
+{
+    nb_gguf *ga, *gb;
+    char err[256];
+    assert_int_equal(nb_gguf_open(a, &ga, err, sizeof err), NB_OK);
+    assert_int_equal(nb_gguf_open(b, &gb, err, sizeof err), NB_OK);
+    assert_int_equal(nb_gguf_n_tensors(ga), nb_gguf_n_tensors(gb));
+    for (int64_t i = 0; i < nb_gguf_n_tensors(ga); i++) {
+        const nbi_tensor *ta = nbi_gguf_tensor(ga, nb_gguf_tensor_name(ga, i));
+        const nbi_tensor *tb = nbi_gguf_tensor(gb, ta->name);
+        assert_non_null(tb);
+        if (ta->type != tb->type)
+            fail_msg("%s: %s vs %s", ta->name, nb_type_name(ta->type), nb_type_name(tb->type));
+        assert_memory_equal(ta->ne, tb->ne, sizeof ta->ne);
+        assert_int_equal(ta->nbytes, tb->nbytes);
+        if (memcmp(ta->data, tb->data, ta->nbytes) != 0)
+            fail_msg("%s: bytes differ from %s", ta->name, b);
+    }
+    nb_gguf_close(ga);
+    nb_gguf_close(gb);
+}
+
+/* quantize: the same tensors, types and bytes as llama.cpp's quantizer,
+ * for single types (--pure) and for its default mixes. */
+static void test_quantize(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *f32 = model("stories260K-wide-f32.gguf");
+    char out_path[] = "/tmp/nibble-quant-XXXXXX";
+    int fd = mkstemp(out_path);
+    assert_true(fd >= 0);
+    close(fd);
+    const char *cases[][3] = {
+        {"--pure", "Q4_0", "stories260K-wide-q4_0.gguf"},
+        {"--pure", "Q8_0", "stories260K-wide-q8_0.gguf"},
+        {"--pure", "Q5_1", "stories260K-wide-q5_1.gguf"},
+        {"--pure", "Q3_K", "stories260K-wide-q3_k.gguf"},
+        {"--pure", "IQ4_NL", "stories260K-wide-iq4_nl.gguf"},
+        {"--pure", "BF16", "stories260K-wide-bf16.gguf"},
+        {"-t2", "Q4_K_M", "stories260K-wide-q4_k_m.gguf"},
+        {"-t1", "Q4_0", "stories260K-wide-q4_0-mix.gguf"},
+    };
+    char *out, *err;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = RUN(&out, &err, "quantize", (char *)cases[i][0], f32, out_path, (char *)cases[i][1]);
+        if (rc != 0)
+            fail_msg("quantize %s %s: exit %d: %s", cases[i][0], cases[i][1], rc, err);
+        free(out), free(err);
+        char *want = model(cases[i][2]);
+        assert_same_tensors(out_path, want);
+        free(want);
+        /* and the result is a model nibble runs */
+        assert_int_equal(RUN(&out, &err, "eval", "-m", out_path, "-p", "Once", "--greedy", "2"), 0);
+        free(out), free(err);
+    }
+    printf("    %zu quantizations identical to llama.cpp's files, tensor for tensor\n",
+           sizeof cases / sizeof cases[0]);
+    /* refusals */
+    char *q4 = model("stories260K-wide-q4_0.gguf");
+    assert_int_equal(RUN(&out, &err, "quantize", q4, out_path, "Q4_K"), 1);
+    assert_non_null(strstr(err, "already Q4_0"));
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "quantize", f32, out_path, "Q7_X"), 2);
+    assert_non_null(strstr(err, "Q7_X"));
+    free(out), free(err);
+    unlink(out_path);
+    free(q4);
+    free(f32);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_eval_json),
         cmocka_unit_test(test_tokenize_and_info),
         cmocka_unit_test(test_synth),
+        cmocka_unit_test(test_quantize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

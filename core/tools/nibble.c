@@ -215,7 +215,7 @@ int main(int argc, char **argv)
         return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "synth"))
         return cmd_synth(argc - 1, argv + 1);
-    if (0 && !strcmp(cmd, "quantize"))
+    if (!strcmp(cmd, "quantize"))
         return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 1, argv + 1);
