@@ -230,7 +230,12 @@ static void test_throughput(void **state)
     assert_int_equal(rc, 0);
     assert_non_null(strstr(err, "generated 200 tokens"));
     printf("    200 tokens in %.0f ms wall (%s", secs * 1e3, strstr(err, "generated"));
+#if defined(__SANITIZE_ADDRESS__)
+    /* the requirement is for the optimised build; sanitizers cost ~5x */
+    assert_true(secs < 5.0);
+#else
     assert_true(secs < 1.0);
+#endif
     free(out), free(err);
     free(m);
 }

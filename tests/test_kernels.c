@@ -1,12 +1,16 @@
 /*
  * test_kernels.c - the scalar reference kernels (core/kernels/).
  *
- * Three kinds of evidence:
+ * Four kinds of evidence:
  *  - hand-built blocks whose values were worked out by hand from the block
  *    format (the expected numbers are literals with their derivation);
  *  - consistency: for random weight blocks, the integer dot-product path
  *    must agree with a double-precision dot product of the dequantized
  *    weights and the dequantized activations;
+ *  - the documented arithmetic: each dot product's lanes, fused
+ *    multiply-adds and reduction order (as its file header states them,
+ *    following ggml's x86 kernels) recomputed element by element here, to
+ *    the last bit;
  *  - conversions against independent references (the compiler's
  *    _Float16 and double-precision rounding).
  */
@@ -1208,6 +1212,369 @@ static void test_vec_dot_extremes(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* The documented arithmetic of each dot product, re-derived           */
+/*
+ * Every vec_dot reproduces one of ggml's x86 kernels bit for bit, and its
+ * file header states the arithmetic: which integer partial sums form the
+ * eight "lanes", where a fused multiply-add is used, and the order of the
+ * final reduction.  Here each of those descriptions is computed again,
+ * straightforwardly and element by element, from codes read out of the
+ * block formats as the headers describe them, and the kernel must agree
+ * to the last bit on random rows.  The codes are read independently of
+ * the kernels' own unpacking, and the reductions are written out here.
+ */
+
+/* ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)): ggml's hsum_float_8. */
+static float model_hsum8(const float v[8])
+{
+    float lo = (v[0] + v[4]) + (v[2] + v[6]);
+    float hi = (v[1] + v[5]) + (v[3] + v[7]);
+    return lo + hi;
+}
+
+/* ((v0+v4) + (v1+v5)) + ((v2+v6) + (v3+v7)): GGML_F32x8_REDUCE's hadds. */
+static float model_hadd8(const float v[8])
+{
+    float a = (v[0] + v[4]) + (v[1] + v[5]);
+    float b = (v[2] + v[6]) + (v[3] + v[7]);
+    return a + b;
+}
+
+/* Signed code of element j (0..31) of the 32-element block types, from
+ * the layouts: element j < 16 in the low nibble of byte j, element j >= 16
+ * in the high nibble of byte j - 16, fifth bit j of the qh word. */
+static int nib32(const uint8_t *qs, int j)
+{
+    return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+}
+
+static int qh_bit(const uint8_t qh[4], int j)
+{
+    return (qh[j / 8] >> (j % 8)) & 1;
+}
+
+static int code_small(int type, const void *blk, int j)
+{
+    static const int kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                               1,    13,   25,  38,  53,  69,  89,  113};
+    switch (type) {
+    case NB_TYPE_Q4_0: return nib32(((const block_q4_0 *)blk)->qs, j) - 8;
+    case NB_TYPE_Q4_1: return nib32(((const block_q4_1 *)blk)->qs, j);
+    case NB_TYPE_Q5_0: {
+        const block_q5_0 *b = blk;
+        return (nib32(b->qs, j) | qh_bit(b->qh, j) << 4) - 16;
+    }
+    case NB_TYPE_Q5_1: {
+        const block_q5_1 *b = blk;
+        return nib32(b->qs, j) | qh_bit(b->qh, j) << 4;
+    }
+    case NB_TYPE_Q8_0: return ((const block_q8_0 *)blk)->qs[j];
+    case NB_TYPE_IQ4_NL: return kv[nib32(((const block_iq4_nl *)blk)->qs, j)];
+    default: fail_msg("code_small: type %d", type);
+    }
+    return 0;
+}
+
+/* K-quants: code and (signed) scale of element e, minimum of sub-block. */
+static void k4_scale_min(const uint8_t *s, int j, int *sc, int *m)
+{
+    /* 6-bit values: j < 4 in the low 6 bits of bytes j (scale) and j+4
+     * (min); j >= 4 low 4 bits from the nibbles of byte j+4, top 2 bits
+     * from the top bits of bytes j-4 (scale) and j (min). */
+    if (j < 4) {
+        *sc = s[j] % 64;
+        *m = s[j + 4] % 64;
+    } else {
+        *sc = s[j + 4] % 16 + (s[j - 4] / 64) * 16;
+        *m = s[j + 4] / 16 + (s[j] / 64) * 16;
+    }
+}
+
+static int code_k(int type, const void *blk, int e, int *scale)
+{
+    switch (type) {
+    case NB_TYPE_Q2_K: {
+        const block_q2_K *b = blk;
+        *scale = b->scales[e / 16] % 16;
+        return (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) % 4;
+    }
+    case NB_TYPE_Q3_K: {
+        const block_q3_K *b = blk;
+        const int j = e / 16;
+        const int lo4 = j < 8 ? b->scales[j] % 16 : b->scales[j - 8] / 16;
+        const int hi2 = (b->scales[8 + j % 4] >> (2 * (j / 4))) % 4;
+        *scale = lo4 + 16 * hi2 - 32;
+        const int low = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) % 4;
+        const int high = (b->hmask[e % 32] >> (e / 32)) % 2;
+        return high ? low : low - 4;
+    }
+    case NB_TYPE_Q4_K:
+    case NB_TYPE_Q5_K: {
+        const uint8_t *qs = type == NB_TYPE_Q4_K ? ((const block_q4_K *)blk)->qs
+                                                 : ((const block_q5_K *)blk)->qs;
+        const uint8_t *sc6 = type == NB_TYPE_Q4_K ? ((const block_q4_K *)blk)->scales
+                                                  : ((const block_q5_K *)blk)->scales;
+        int m;
+        k4_scale_min(sc6, e / 32, scale, &m);
+        const uint8_t byte = qs[32 * (e / 64) + e % 32];
+        int q = (e % 64) < 32 ? byte % 16 : byte / 16;
+        if (type == NB_TYPE_Q5_K)
+            q += 16 * ((((const block_q5_K *)blk)->qh[e % 32] >> (e / 32)) % 2);
+        return q;
+    }
+    case NB_TYPE_Q6_K: {
+        const block_q6_K *b = blk;
+        *scale = b->scales[e / 16];
+        const int h = e / 128, r = e % 128, k = r / 32, l = r % 32;
+        const uint8_t lb = b->ql[64 * h + 32 * (k % 2) + l];
+        const int low = k < 2 ? lb % 16 : lb / 16;
+        const int high = (b->qh[32 * h + l] >> (2 * k)) % 4;
+        return low + 16 * high - 32;
+    }
+    default: fail_msg("code_k: type %d", type);
+    }
+    return 0;
+}
+
+static int k_min(int type, const void *blk, int g16)
+{
+    int sc, m;
+    if (type == NB_TYPE_Q2_K)
+        return ((const block_q2_K *)blk)->scales[g16] / 16;
+    const uint8_t *sc6 = type == NB_TYPE_Q4_K ? ((const block_q4_K *)blk)->scales
+                                              : ((const block_q5_K *)blk)->scales;
+    k4_scale_min(sc6, g16 / 2, &sc, &m);
+    return m;
+}
+
+static float k_d(int type, const void *blk, int which_min)
+{
+    switch (type) {
+    case NB_TYPE_Q2_K: return nbi_fp16_to_fp32(which_min ? ((const block_q2_K *)blk)->dmin
+                                                         : ((const block_q2_K *)blk)->d);
+    case NB_TYPE_Q3_K: return nbi_fp16_to_fp32(((const block_q3_K *)blk)->d);
+    case NB_TYPE_Q4_K: return nbi_fp16_to_fp32(which_min ? ((const block_q4_K *)blk)->dmin
+                                                         : ((const block_q4_K *)blk)->d);
+    case NB_TYPE_Q5_K: return nbi_fp16_to_fp32(which_min ? ((const block_q5_K *)blk)->dmin
+                                                         : ((const block_q5_K *)blk)->d);
+    case NB_TYPE_Q6_K: return nbi_fp16_to_fp32(((const block_q6_K *)blk)->d);
+    default: fail_msg("k_d: type %d", type);
+    }
+    return 0;
+}
+
+/* The dot product as the headers describe it. */
+static float model_dot(int type, int n, const void *x, const void *yq)
+{
+    const nbi_type_info *ti = &nbi_types[type];
+    if (type == NB_TYPE_F32 || type == NB_TYPE_F16 || type == NB_TYPE_BF16) {
+        float xs[MAX_N], ys[MAX_N];
+        dequant(type, x, xs, n); /* widening is exact */
+        dequant(type, yq, ys, n);
+        const int np = n - n % 32;
+        float acc[4][8] = {{0}};
+        for (int e = 0; e < np; e++)
+            acc[(e % 32) / 8][e % 8] = fmaf(xs[e], ys[e], acc[(e % 32) / 8][e % 8]);
+        float v[8];
+        if (type == NB_TYPE_BF16) {
+            for (int p = 0; p < 8; p++)
+                v[p] = (acc[0][p] + acc[2][p]) + (acc[1][p] + acc[3][p]);
+            double sum = np ? model_hsum8(v) : 0.0;
+            for (int e = np; e < n; e++)
+                sum += xs[e] * ys[e];
+            return (float)sum;
+        }
+        for (int p = 0; p < 8; p++)
+            v[p] = (acc[0][p] + acc[2][p]) + (acc[1][p] + acc[3][p]);
+        if (type == NB_TYPE_F32) {
+            float sum = model_hadd8(v);
+            for (int e = np; e < n; e++)
+                sum += xs[e] * ys[e];
+            return sum;
+        }
+        double sum = np ? model_hadd8(v) : 0.0;
+        for (int e = np; e < n; e++)
+            sum += xs[e] * ys[e];
+        return (float)sum;
+    }
+    const int nb = n / ti->blck;
+    const uint8_t *xb = x;
+    float lane[8] = {0}, sum = 0, summs = 0, accmin = 0;
+    for (int b = 0; b < nb; b++) {
+        const void *blk = xb + (size_t)b * ti->size;
+        if (ti->blck == 32) {
+            const float dx = nbi_fp16_to_fp32(*(const nb_fp16 *)blk); /* d comes first */
+            int32_t part[8] = {0}, isum = 0;
+            const int8_t *yqs;
+            float dy;
+            if (ti->vec_dot_type == NB_TYPE_Q8_1) {
+                const block_q8_1 *yb = (const block_q8_1 *)yq + b;
+                yqs = yb->qs;
+                dy = nbi_fp16_to_fp32(yb->d);
+                const nb_fp16 m = type == NB_TYPE_Q4_1 ? ((const block_q4_1 *)blk)->m
+                                                       : ((const block_q5_1 *)blk)->m;
+                summs += nbi_fp16_to_fp32(m) * nbi_fp16_to_fp32(yb->s);
+            } else {
+                const block_q8_0 *yb = (const block_q8_0 *)yq + b;
+                yqs = yb->qs;
+                dy = nbi_fp16_to_fp32(yb->d);
+            }
+            for (int j = 0; j < 32; j++) {
+                const int p = code_small(type, blk, j) * yqs[j];
+                part[j / 4] += p;
+                isum += p;
+            }
+            if (type == NB_TYPE_Q4_0 || type == NB_TYPE_IQ4_NL) /* repacked gemv */
+                sum = fmaf((float)isum, dx * dy, sum);
+            else
+                for (int l = 0; l < 8; l++)
+                    lane[l] = fmaf(dx * dy, (float)part[l], lane[l]);
+            continue;
+        }
+        /* K-quants against Q8_K */
+        const block_q8_K *yb = (const block_q8_K *)yq + b;
+        const float d = yb->d * k_d(type, blk, 0);
+        int32_t part[8] = {0}, isum = 0;
+        for (int e = 0; e < QK_K; e++) {
+            int sc;
+            const int q = code_k(type, blk, e, &sc);
+            /* Q6_K multiplies the unsigned code q + 32; the offset comes
+             * back below through the bsums. */
+            const int p = sc * (type == NB_TYPE_Q6_K ? q + 32 : q) * yb->qs[e];
+            part[(e % 32) / 4] += p;
+            isum += p;
+        }
+        switch (type) {
+        case NB_TYPE_Q2_K: {
+            const float dmin = -yb->d * k_d(type, blk, 1);
+            for (int l = 0; l < 8; l++)
+                lane[l] = fmaf(dmin,
+                               (float)(k_min(type, blk, 2 * l) * yb->bsums[2 * l] +
+                                       k_min(type, blk, 2 * l + 1) * yb->bsums[2 * l + 1]),
+                               lane[l]);
+            for (int l = 0; l < 8; l++)
+                lane[l] = fmaf(d, (float)part[l], lane[l]);
+            break;
+        }
+        case NB_TYPE_Q3_K:
+            for (int l = 0; l < 8; l++)
+                lane[l] = fmaf(d, (float)part[l], lane[l]);
+            break;
+        case NB_TYPE_Q6_K:
+            for (int l = 0; l < 8; l++) {
+                const int8_t *sc = ((const block_q6_K *)blk)->scales;
+                part[l] -= 32 * (sc[2 * l] * yb->bsums[2 * l] + sc[2 * l + 1] * yb->bsums[2 * l + 1]);
+                lane[l] = fmaf(d, (float)part[l], lane[l]);
+            }
+            break;
+        case NB_TYPE_Q4_K:
+        case NB_TYPE_Q5_K: {
+            int32_t msum = 0;
+            for (int g = 0; g < 16; g++)
+                msum += k_min(type, blk, g) * yb->bsums[g];
+            if (type == NB_TYPE_Q4_K) { /* repacked gemv: no lanes */
+                sum = fmaf((float)isum, k_d(type, blk, 0) * yb->d, sum);
+                accmin = fmaf((float)msum, k_d(type, blk, 1) * yb->d, accmin);
+            } else {
+                summs = fmaf(-yb->d * k_d(type, blk, 1), (float)msum, summs);
+                for (int l = 0; l < 8; l++)
+                    lane[l] = fmaf(d, (float)part[l], lane[l]);
+            }
+            break;
+        }
+        default: fail_msg("model_dot: type %d", type);
+        }
+    }
+    switch (type) {
+    case NB_TYPE_Q4_0:
+    case NB_TYPE_IQ4_NL: return sum;
+    case NB_TYPE_Q4_K: return sum - accmin;
+    case NB_TYPE_Q4_1:
+    case NB_TYPE_Q5_1:
+    case NB_TYPE_Q5_K: return model_hsum8(lane) + summs;
+    default: return model_hsum8(lane);
+    }
+}
+
+static void test_vec_dot_structure(void **state)
+{
+    (void)state;
+    void *x = malloc(nbi_row_size(NB_TYPE_F32, MAX_N));
+    void *yq = malloc(nbi_row_size(NB_TYPE_F32, MAX_N));
+    float *yf = malloc(MAX_N * sizeof *yf);
+    assert_true(x && yq && yf);
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+        const int type = weight_types[ti];
+        const int blck = nbi_types[type].blck;
+        const int vdt = nbi_types[type].vec_dot_type;
+        /* Float rows: below one SIMD step, a step plus leftovers, several
+         * steps; block rows: one block up to eight super-blocks. */
+        const int sizes[4] = {is_float_type(type) ? 8 : blck,
+                              is_float_type(type) ? 45 : 2 * blck,
+                              is_float_type(type) ? 256 : 3 * blck,
+                              is_float_type(type) ? 2 * QK_K + 13 : (MAX_N / blck) * blck};
+        for (int si = 0; si < 4; si++) {
+            const int n = sizes[si];
+            for (int rep = 0; rep < 25; rep++) {
+                make_row(type, x, n, rep % 3 ? 1.0f : 0.003f, 1, 0);
+                for (int i = 0; i < n; i++) {
+                    yf[i] = rnd_uniform(-2.0f, 2.0f);
+                    if ((rnd() & 31) == 0)
+                        yf[i] *= 30.0f;
+                }
+                K->from_float[vdt](yf, yq, n);
+                const float want = model_dot(type, n, x, yq);
+                const float got = vdot(type, n, x, yq);
+                if (memcmp(&got, &want, sizeof got) != 0)
+                    fail_msg("%s n=%d rep %d: kernel %.9g, documented arithmetic %.9g",
+                             nb_type_name(type), n, rep, (double)got, (double)want);
+            }
+        }
+    }
+    free(x);
+    free(yq);
+    free(yf);
+}
+
+/* A case where the lane structure shows.  Q8_0's lane l holds elements
+ * 4l..4l+3 of each block, and hsum_float_8 adds lane 0 to lane 4 before
+ * anything else.  Block 0 (d = 2^15 * 2^15) puts 127*127 * 2^30 into lane 0
+ * and the negation into lane 4; block 1 (d = 1) puts 1 into lane 1.  The
+ * kernel's answer is exactly 1: lanes 0 and 4 cancel first.  Adding the
+ * eight lanes left to right would give 0, because 127*127 * 2^30 + 1
+ * rounds back to 127*127 * 2^30. */
+static void test_vec_dot_lane_order(void **state)
+{
+    (void)state;
+    block_q8_0 x[2], y[2];
+    memset(x, 0, sizeof x);
+    memset(y, 0, sizeof y);
+    x[0].d = y[0].d = h(32768.0f);
+    x[0].qs[0] = 127;
+    y[0].qs[0] = 127;
+    x[0].qs[16] = -127;
+    y[0].qs[16] = 127;
+    x[1].d = y[1].d = h(1.0f);
+    x[1].qs[4] = 1;
+    y[1].qs[4] = 1;
+    CHECK_EQ_F(vdot(NB_TYPE_Q8_0, 2 * QK8_0, x, y), 1.0f, "q8_0: lanes 0 and 4 cancel first");
+    /* The same three products in one lane (elements 0, 1, 2 of block 0
+     * and element 0 of block 1): lane 0 gets fma(2^30, 0, 0) = 0, then
+     * fma(1, 1, 0) = 1. */
+    memset(x, 0, sizeof x);
+    memset(y, 0, sizeof y);
+    x[0].d = y[0].d = h(32768.0f);
+    x[0].qs[0] = 127;
+    y[0].qs[0] = 127;
+    x[0].qs[1] = -127;
+    y[0].qs[1] = 127;
+    x[1].d = y[1].d = h(1.0f);
+    x[1].qs[0] = 1;
+    y[1].qs[0] = 1;
+    CHECK_EQ_F(vdot(NB_TYPE_Q8_0, 2 * QK8_0, x, y), 1.0f, "q8_0: one lane, integer sum exact");
+}
+
+/* ------------------------------------------------------------------ */
 /* Quantizers                                                          */
 
 /* Relative precision of an fp16 scale: rounding moves it by at most
@@ -1312,7 +1679,8 @@ static void test_quant_q8_known(void **state)
     (void)state;
     float x[QK_K];
     memset(x, 0, sizeof x);
-    /* amax 127 -> d = 1 exactly, so the quants are the rounded inputs. */
+    /* amax 127 -> d = 1 and id = 127/amax = 1 exactly, so the quants are
+     * the rounded inputs. */
     x[0] = -127.0f;
     x[1] = 2.5f;
     x[2] = -2.5f;
@@ -1322,14 +1690,37 @@ static void test_quant_q8_known(void **state)
     block_q8_0 q0;
     K->from_float[NB_TYPE_Q8_0](x, &q0, QK8_0);
     assert_int_equal(q0.d, 0x3c00);
-    /* Q8_0 rounds halves away from zero (roundf). */
-    static const int8_t want0[6] = {-127, 3, -3, 1, 4, 127};
+    /* Q8_0 (the activation quantizer, as ggml's x86 quantize_row_q8_0)
+     * rounds halves to even: 2.5 -> 2, -2.5 -> -2, 0.5 -> 0, 3.5 -> 4. */
+    static const int8_t want0[6] = {-127, 2, -2, 0, 4, 127};
     assert_memory_equal(q0.qs, want0, 6);
     block_q8_1 q1;
     K->from_float[NB_TYPE_Q8_1](x, &q1, QK8_1);
     assert_int_equal(q1.d, 0x3c00);
     assert_memory_equal(q1.qs, want0, 6);
-    assert_int_equal(q1.s, nbi_fp32_to_fp16(-127 + 3 - 3 + 1 + 4 + 127)); /* 5 */
+    assert_int_equal(q1.s, nbi_fp32_to_fp16(-127 + 2 - 2 + 0 + 4 + 127)); /* 4 */
+
+    /* The multiplier is 127/amax, not 1/d.  With amax = 381, d = 3 but
+     * 127/381 rounds to the float 0x3eaaaaab = 0.3333333432674408; then
+     * 7.5 * id = 2.5000000745..., whose nearest float is 2.5, a tie that
+     * goes to the even 2 (7.5/d would give 2.5 as well, and rounding half
+     * away from zero would give 3).  Likewise 4.5 * id rounds to the
+     * float 1.5 -> 2 and 1.5 * id = 0.500000015 rounds to the float 0.5,
+     * which goes to the even 0. */
+    float z[QK8_0];
+    memset(z, 0, sizeof z);
+    z[0] = 381.0f;
+    z[1] = 7.5f;
+    z[2] = -7.5f;
+    z[3] = 4.5f;
+    z[4] = 1.5f;
+    K->from_float[NB_TYPE_Q8_0](z, &q0, QK8_0);
+    assert_int_equal(q0.d, 0x4200); /* 3 */
+    static const int8_t wantz[5] = {127, 2, -2, 2, 0};
+    assert_memory_equal(q0.qs, wantz, 5);
+    K->from_float[NB_TYPE_Q8_1](z, &q1, QK8_1);
+    assert_memory_equal(q1.qs, wantz, 5);
+    assert_int_equal(q1.s, nbi_fp32_to_fp16(3.0f * (127 + 2 - 2 + 2 + 0))); /* 387 */
 
     /* Q8_K rounds halves to even; d = 1/iscale = -m/127 = 1 here. */
     block_q8_K qk;
@@ -1652,6 +2043,8 @@ int main(void)
         cmocka_unit_test(test_vec_dot_random),
         cmocka_unit_test(test_vec_dot_zero_scales),
         cmocka_unit_test(test_vec_dot_extremes),
+        cmocka_unit_test(test_vec_dot_structure),
+        cmocka_unit_test(test_vec_dot_lane_order),
         cmocka_unit_test(test_quant_q8),
         cmocka_unit_test(test_quant_q8_known),
         cmocka_unit_test(test_quant_small_blocks),

@@ -9,7 +9,13 @@
  * d * level[index].
  *
  * Dot products run against Q8_0 activations: the levels are small
- * integers, so the per-block sum stays in int32 as for Q4_0.
+ * integers, so the per-block sum stays in int32 as for Q4_0.  On x86 with
+ * AVX2 llama.cpp repacks IQ4_NL matrices (row count a multiple of 8) into
+ * iq4_nl_8x8 and multiplies them with the same gemv/gemm code as Q4_0, so
+ * the float arithmetic per output is Q4_0's (see q4_0_ref.c): per block
+ * the exact integer sum, d = dx*dy in float, sum = fma((float)isum, d,
+ * sum), no lanes.  (Unrepacked, ggml_vec_dot_iq4_nl_q8_0 would keep two
+ * sets of eight lanes, one for even and one for odd blocks.)
  *
  * The quantizer is ggml's quantize_row_iq4_nl_ref, which is the quick
  * variant of its IQ4_NL search (no importance weights, no scale search):
@@ -21,8 +27,8 @@
 
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -110,8 +116,8 @@ void nbi_iq4_nl_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
             isum += levels[x[i].qs[j] & 0x0f] * y[i].qs[j];
             isum += levels[x[i].qs[j] >> 4] * y[i].qs[j + QK4_NL / 2];
         }
-        const float d = nbi_fp16_to_fp32(y[i].d) * nbi_fp16_to_fp32(x[i].d);
-        sum += d * isum;
+        const float d = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        sum = fmaf((float)isum, d, sum);
     }
     *s = sum;
 }

@@ -205,6 +205,32 @@ static inline nb_bf16 nbi_fp32_to_bf16(float f)
 }
 
 /* ------------------------------------------------------------------ */
+/* Horizontal sums in the orders ggml's x86 kernels use.               */
+/*
+ * The dot products keep eight float "lanes" (one AVX register) and add
+ * them up only at the end; float addition is not associative, so the
+ * order of that final reduction is part of the result.  Both helpers fold
+ * the upper four lanes onto the lower four first (v[i] + v[i+4]) and then
+ * differ in how they pair the remaining four.
+ */
+
+/* ggml's hsum_float_8 (quants.c) and tinyBLAS's hsum:
+ * ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)). */
+static inline float nbi_hsum8(const float v[8])
+{
+    const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+/* GGML_F32x8_REDUCE's last step (two horizontal adds, simd-mappings.h):
+ * ((v0+v4) + (v1+v5)) + ((v2+v6) + (v3+v7)). */
+static inline float nbi_hadd8(const float v[8])
+{
+    const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a1) + (a2 + a3);
+}
+
+/* ------------------------------------------------------------------ */
 /* Per-type facts and kernels.                                         */
 
 typedef struct nbi_type_info {

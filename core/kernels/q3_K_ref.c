@@ -10,12 +10,22 @@
  * uses bit e/32 of hmask[e%32]; a clear high bit means "subtract 4".
  * Element e is d * s * q, s being the signed scale of sub-block e/16.
  *
- * Dot products run against Q8_K.  No quantizer (weights are only read).
+ * Dot products run against Q8_K and reproduce ggml's AVX2
+ * ggml_vec_dot_q3_K_q8_K (arch/x86/quants.c) bit for bit: per super-block
+ * eight int32 lanes of s * q * y, lane l taking the elements e with
+ * (e % 32) / 4 == l (exact; ggml forms low-bits-times-y minus
+ * 4-times-y for a clear high bit, which is the same integer); d = y.d * dx
+ * in float; lane[l] = fma(d, (float)isum[l], lane[l]); after the last
+ * super-block the lanes are added in hsum_float_8 order (nbi_hsum8).
+ *
+ * No quantizer (weights are only read).
  */
+#include <math.h>
+
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -30,14 +40,21 @@ static void unpack_scales(const block_q3_K *b, int sc[QK_K / 16])
     }
 }
 
-/* The signed 3-bit code of every element, in element order. */
+/* The signed 3-bit code of every element, in element order: element
+ * 128h + 32k + l takes bits 2k..2k+1 of qs[32h + l] and bit 4h+k of
+ * hmask[l]. */
 static void unpack_codes(const block_q3_K *b, int8_t q[QK_K])
 {
-    for (int e = 0; e < QK_K; e++) {
-        const int half = e / 128, r = e % 128;
-        const int low = (b->qs[32 * half + r % 32] >> (2 * (r / 32))) & 3;
-        const int high = (b->hmask[e % 32] >> (e / 32)) & 1;
-        q[e] = (int8_t)(low - (high ? 0 : 4));
+    for (int h = 0; h < 2; h++) {
+        for (int k = 0; k < 4; k++) {
+            int8_t *dst = q + 128 * h + 32 * k;
+            const int hbit = 4 * h + k;
+            for (int l = 0; l < 32; l++) {
+                const int low = (b->qs[32 * h + l] >> (2 * k)) & 3;
+                const int high = (b->hmask[l] >> hbit) & 1;
+                dst[l] = (int8_t)(low - (high ? 0 : 4));
+            }
+        }
     }
 }
 
@@ -60,12 +77,6 @@ void nbi_q3_K_to_float_ref(const void *restrict src, float *restrict dst, int64_
     }
 }
 
-/*
- * ggml's generic kernel accumulates in eight int32 lanes (element index
- * mod 8) within a super-block, adds each lane times the block scale into
- * eight float lanes, and sums those lanes only at the very end.  We keep
- * that order so the float result is identical, not merely close.
- */
 void nbi_q3_K_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
                           const void *restrict vy)
 {
@@ -74,19 +85,25 @@ void nbi_q3_K_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
     const int nb = n / QK_K;
     int sc[QK_K / 16];
     int8_t q[QK_K];
-    float lanes[8] = {0};
+    float lane[8] = {0};
     for (int i = 0; i < nb; i++) {
         unpack_scales(&x[i], sc);
         unpack_codes(&x[i], q);
         int32_t acc[8] = {0};
-        for (int e = 0; e < QK_K; e++)
-            acc[e % 8] += sc[e / 16] * (q[e] * y[i].qs[e]);
-        const float d = nbi_fp16_to_fp32(x[i].d) * y[i].d;
+        for (int g = 0; g < QK_K / 16; g++) { /* sub-block g: elements 16g.. */
+            const int8_t *qg = q + 16 * g;
+            const int8_t *yg = y[i].qs + 16 * g;
+            const int l0 = 4 * (g & 1); /* lanes 0..3 or 4..7 of its 32-group */
+            for (int l = 0; l < 4; l++) {
+                int32_t dot = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++)
+                    dot += qg[k] * yg[k];
+                acc[l0 + l] += sc[g] * dot;
+            }
+        }
+        const float d = y[i].d * nbi_fp16_to_fp32(x[i].d);
         for (int l = 0; l < 8; l++)
-            lanes[l] += d * acc[l];
+            lane[l] = fmaf(d, (float)acc[l], lane[l]);
     }
-    float sum = 0.0f;
-    for (int l = 0; l < 8; l++)
-        sum += lanes[l];
-    *s = sum;
+    *s = nbi_hsum8(lane);
 }

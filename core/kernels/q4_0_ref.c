@@ -10,15 +10,27 @@
  * code 0 (the one end of the grid that has no mirror) and the rest round
  * to nearest by truncating x/d + 8.5.
  *
- * Dot products run against Q8_0 activations: an integer sum per block,
- * scaled by both block scales in float.
+ * Dot products run against Q8_0 activations and reproduce what llama.cpp
+ * computes on x86 with AVX2.  There, Q4_0 matrices whose row count is a
+ * multiple of 8 (every matrix of the models we test) are repacked at load
+ * into groups of 8 interleaved rows (repack.cpp, q4_0_8x8) and multiplied
+ * by ggml_gemv_q4_0_8x8_q8_0 (one activation row) or the matching gemm
+ * (four rows at a time); both do, for every output, exactly this:
+ *  - per block, the exact integer sum of the 32 products;
+ *  - the block scale d = dx*dy formed in float;
+ *  - one float accumulator per output, updated block by block with a
+ *    fused multiply-add: sum = fma((float)isum, d, sum).
+ * There are no lanes and no horizontal sum.  (Unrepacked Q4_0 goes through
+ * ggml_vec_dot_q4_0_q8_0 instead, which keeps eight lanes as Q8_0 does and
+ * rounds differently; llama.cpp only takes that path for matrices whose
+ * row count is not a multiple of 8.)
  */
 #include <math.h>
 
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -77,8 +89,8 @@ void nbi_q4_0_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
             isum += ((x[i].qs[j] & 0x0f) - 8) * y[i].qs[j];
             isum += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK4_0 / 2];
         }
-        /* Left to right, as ggml: (isum * dx) * dy. */
-        sum += isum * nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        const float d = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        sum = fmaf((float)isum, d, sum);
     }
     *s = sum;
 }

@@ -9,13 +9,23 @@
  * Dot products run against Q8_1 activations.  Because every weight carries
  * + m, the dot product is d*dy*sum(q*qy) + m*sum(y), and Q8_1 stores
  * sum(y) (as s), so the kernel needs no per-element minimum.
+ *
+ * The dot product reproduces ggml's AVX2 ggml_vec_dot_q4_1_q8_1
+ * (arch/x86/quants.c) bit for bit:
+ *  - eight int32 lanes per block, lane l holding the products of the codes
+ *    (0..15, no offset) of elements 4l..4l+3 with the activations (exact);
+ *  - d = dx*dy in float; lane[l] = fma(d, isum[l], lane[l]) block by block;
+ *  - separately, in one float, summs += m * s (the product of two fp16
+ *    values is exact in float, so fused or not it is the same);
+ *  - result: hsum_float_8(lanes) + summs.
  */
 #include <float.h>
+#include <math.h>
 
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -69,15 +79,22 @@ void nbi_q4_1_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
     const block_q4_1 *x = vx;
     const block_q8_1 *y = vy;
     const int nb = n / QK4_1;
-    float sum = 0.0f;
+    float lane[8] = {0};
+    float summs = 0.0f;
     for (int i = 0; i < nb; i++) {
-        int32_t isum = 0;
+        int32_t p[QK4_1]; /* products in element order */
         for (int j = 0; j < QK4_1 / 2; j++) {
-            isum += (x[i].qs[j] & 0x0f) * y[i].qs[j];
-            isum += (x[i].qs[j] >> 4) * y[i].qs[j + QK4_1 / 2];
+            p[j] = (x[i].qs[j] & 0x0f) * y[i].qs[j];
+            p[j + QK4_1 / 2] = (x[i].qs[j] >> 4) * y[i].qs[j + QK4_1 / 2];
         }
-        const float dd = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
-        sum += dd * isum + nbi_fp16_to_fp32(x[i].m) * nbi_fp16_to_fp32(y[i].s);
+        const float d = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        /* m * s is exact in float (two 11-bit significands), so whether
+         * ggml's compiler fuses this statement does not matter. */
+        summs += nbi_fp16_to_fp32(x[i].m) * nbi_fp16_to_fp32(y[i].s);
+        for (int l = 0; l < 8; l++) {
+            const int32_t isum = p[4 * l] + p[4 * l + 1] + p[4 * l + 2] + p[4 * l + 3];
+            lane[l] = fmaf(d, (float)isum, lane[l]);
+        }
     }
-    *s = sum;
+    *s = nbi_hsum8(lane) + summs;
 }

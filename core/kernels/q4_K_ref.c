@@ -11,12 +11,30 @@
  * d*sc*q - dmin*m with sc, m from sub-block e/32.
  *
  * Dot products run against Q8_K; the minimum term uses Q8_K's bsums.
+ * On x86 with AVX2, llama.cpp repacks Q4_K matrices whose row count is a
+ * multiple of 8 into q4_K_8x8 (repack.cpp) and multiplies a single
+ * activation row with ggml_gemv_q4_K_8x8_q8_K, which computes for every
+ * output, super-block by super-block:
+ *  - isum = sum over sub-blocks of sc * dot(codes, activations)  (exact)
+ *  - imin = sum over sub-blocks of m * (sum of the sub-block's
+ *    activations, from two bsums)                                 (exact)
+ *  - acc    = fma((float)isum, dx * dy,    acc)
+ *  - accmin = fma((float)imin, dminx * dy, accmin)
+ * and returns acc - accmin.  There are no lanes.  This kernel does exactly
+ * that.  Two other x86 paths round differently and are not reproduced:
+ * the gemm that llama.cpp uses for groups of four activation rows fuses
+ * once per 64-element chunk instead of once per super-block, and the
+ * unrepacked ggml_vec_dot_q4_K_q8_K (rows not a multiple of 8) keeps eight
+ * lanes as q5_K_ref.c does plus four lanes for the minimums.
+ *
  * No quantizer (weights are only read).
  */
+#include <math.h>
+
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -33,11 +51,16 @@ static void scale_min(const uint8_t s[K_SCALE_SIZE], int j, int *sc, int *m)
     }
 }
 
+/* The 4-bit code of every element of a super-block, in element order. */
 static void unpack_codes(const block_q4_K *b, uint8_t q[QK_K])
 {
-    for (int e = 0; e < QK_K; e++) {
-        const uint8_t byte = b->qs[32 * (e / 64) + e % 32];
-        q[e] = (e % 64) < 32 ? byte & 0x0f : byte >> 4;
+    for (int c = 0; c < QK_K / 64; c++) {
+        const uint8_t *src = b->qs + 32 * c;
+        uint8_t *lo = q + 64 * c, *hi = lo + 32;
+        for (int l = 0; l < 32; l++) {
+            lo[l] = src[l] & 0x0f;
+            hi[l] = src[l] >> 4;
+        }
     }
 }
 
@@ -62,7 +85,6 @@ void nbi_q4_K_to_float_ref(const void *restrict src, float *restrict dst, int64_
     }
 }
 
-/* Lane structure as in q3_K_ref.c: it reproduces ggml's rounding. */
 void nbi_q4_K_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
                           const void *restrict vy)
 {
@@ -70,26 +92,21 @@ void nbi_q4_K_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
     const block_q8_K *y = vy;
     const int nb = n / QK_K;
     uint8_t q[QK_K];
-    float lanes[8] = {0};
-    float sum = 0.0f;
+    float acc = 0.0f, accmin = 0.0f;
     for (int i = 0; i < nb; i++) {
-        int sc[QK_K / 32], m[QK_K / 32];
-        for (int j = 0; j < QK_K / 32; j++)
-            scale_min(x[i].scales, j, &sc[j], &m[j]);
         unpack_codes(&x[i], q);
-        int32_t msum = 0;
-        for (int g = 0; g < QK_K / 16; g++)
-            msum += y[i].bsums[g] * m[g / 2];
-        int32_t acc[8] = {0};
-        for (int e = 0; e < QK_K; e++)
-            acc[e % 8] += sc[e / 32] * (q[e] * y[i].qs[e]);
-        const float d = nbi_fp16_to_fp32(x[i].d) * y[i].d;
-        for (int l = 0; l < 8; l++)
-            lanes[l] += d * acc[l];
-        const float dmin = nbi_fp16_to_fp32(x[i].dmin) * y[i].d;
-        sum -= dmin * msum;
+        int32_t isum = 0, imin = 0;
+        for (int j = 0; j < QK_K / 32; j++) {
+            int sc, m;
+            scale_min(x[i].scales, j, &sc, &m);
+            int32_t dot = 0;
+            for (int l = 32 * j; l < 32 * j + 32; l++)
+                dot += q[l] * y[i].qs[l];
+            isum += sc * dot;
+            imin += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
+        }
+        acc = fmaf((float)isum, nbi_fp16_to_fp32(x[i].d) * y[i].d, acc);
+        accmin = fmaf((float)imin, nbi_fp16_to_fp32(x[i].dmin) * y[i].d, accmin);
     }
-    for (int l = 0; l < 8; l++)
-        sum += lanes[l];
-    *s = sum;
+    *s = acc - accmin;
 }

@@ -7,14 +7,19 @@
  * byte j, element j+16 high nibble).  Element value is (q - 16) * d with
  * q in 0..31.  The quantizer is Q4_0's with 16 in place of 8.
  *
- * Dot products run against Q8_0 activations.
+ * Dot products run against Q8_0 activations and reproduce ggml's AVX2
+ * ggml_vec_dot_q5_0_q8_0 (arch/x86/quants.c) bit for bit; tinyBLAS_Q0_AVX,
+ * which llama.cpp uses for batches, does the same per output.  Eight int32
+ * lanes per block, lane l holding the products of elements 4l..4l+3
+ * (exact); d = dx*dy in float; lane[l] = fma(d, isum[l], lane[l]) block by
+ * block; the lanes added at the end in hsum_float_8 order (nbi_hsum8).
  */
 #include <math.h>
 
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -81,13 +86,21 @@ void nbi_q5_0_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
     const block_q5_0 *x = vx;
     const block_q8_0 *y = vy;
     const int nb = n / QK5_0;
-    float sum = 0.0f;
+    float lane[8] = {0};
     for (int i = 0; i < nb; i++) {
         const uint32_t qh = load_qh(x[i].qh);
-        int32_t isum = 0;
-        for (int j = 0; j < QK5_0; j++)
-            isum += q5_0_value(&x[i], qh, j) * y[i].qs[j];
-        sum += (nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d)) * isum;
+        int32_t p[QK5_0]; /* products in element order */
+        for (int j = 0; j < QK5_0 / 2; j++) {
+            const int lo = (x[i].qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+            const int hi = (x[i].qs[j] >> 4) | (int)((qh >> (j + QK5_0 / 2)) & 1) << 4;
+            p[j] = (lo - 16) * y[i].qs[j];
+            p[j + QK5_0 / 2] = (hi - 16) * y[i].qs[j + QK5_0 / 2];
+        }
+        const float d = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        for (int l = 0; l < 8; l++) {
+            const int32_t isum = p[4 * l] + p[4 * l + 1] + p[4 * l + 2] + p[4 * l + 3];
+            lane[l] = fmaf(d, (float)isum, lane[l]);
+        }
     }
-    *s = sum;
+    *s = nbi_hsum8(lane);
 }

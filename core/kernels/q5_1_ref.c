@@ -8,13 +8,20 @@
  *
  * Dot products run against Q8_1 activations, whose precomputed
  * s = dy * sum(qy) supplies the m * sum(y) term.
+ *
+ * The dot product reproduces ggml's AVX2 ggml_vec_dot_q5_1_q8_1
+ * (arch/x86/quants.c) bit for bit, with Q4_1's structure (q4_1_ref.c):
+ * eight int32 lanes of four consecutive elements, lane[l] = fma(isum[l],
+ * dx*dy, lane[l]) block by block, plain-float summs += m * s, result
+ * hsum_float_8(lanes) + summs.
  */
 #include <float.h>
+#include <math.h>
 
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -82,14 +89,24 @@ void nbi_q5_1_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
     const block_q5_1 *x = vx;
     const block_q8_1 *y = vy;
     const int nb = n / QK5_1;
-    float sum = 0.0f;
+    float lane[8] = {0};
+    float summs = 0.0f;
     for (int i = 0; i < nb; i++) {
         const uint32_t qh = load_qh(x[i].qh);
-        int32_t isum = 0;
-        for (int j = 0; j < QK5_1; j++)
-            isum += q5_1_code(&x[i], qh, j) * y[i].qs[j];
-        const float dd = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
-        sum += dd * isum + nbi_fp16_to_fp32(x[i].m) * nbi_fp16_to_fp32(y[i].s);
+        int32_t p[QK5_1]; /* products in element order */
+        for (int j = 0; j < QK5_1 / 2; j++) {
+            const int lo = (x[i].qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+            const int hi = (x[i].qs[j] >> 4) | (int)((qh >> (j + QK5_1 / 2)) & 1) << 4;
+            p[j] = lo * y[i].qs[j];
+            p[j + QK5_1 / 2] = hi * y[i].qs[j + QK5_1 / 2];
+        }
+        const float d = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        /* m * s is exact in float, as in q4_1_ref.c. */
+        summs += nbi_fp16_to_fp32(x[i].m) * nbi_fp16_to_fp32(y[i].s);
+        for (int l = 0; l < 8; l++) {
+            const int32_t isum = p[4 * l] + p[4 * l + 1] + p[4 * l + 2] + p[4 * l + 3];
+            lane[l] = fmaf((float)isum, d, lane[l]);
+        }
     }
-    *s = sum;
+    *s = nbi_hsum8(lane) + summs;
 }

@@ -3,17 +3,34 @@
  *
  * Block of 32: an fp16 scale d and 32 signed bytes; element i is qs[i]*d.
  * Q8_0 is both a weight type and the activation format that Q4_0, Q5_0,
- * Q8_0 and IQ4_NL weights are multiplied against, so the quantizer must
- * produce the very bytes ggml's quantize_row_q8_0_ref produces: the scale
- * is amax/127, the quants are rounded (half away from zero) with the
- * unrounded 1/d, and only then is d narrowed to fp16.
+ * Q8_0 and IQ4_NL weights are multiplied against.
+ *
+ * The quantizer (used only for activations) produces the bytes of ggml's
+ * x86 quantize_row_q8_0 (AVX2 path, arch/x86/quants.c), not those of the
+ * portable quantize_row_q8_0_ref: amax is the largest |x|, the multiplier
+ * is id = 127/amax (0 for an all-zero block), each x*id is rounded half to
+ * even (_mm256_round_ps, i.e. nearbyintf), and d = amax/127 is narrowed to
+ * fp16.  (The portable quantizer multiplies by 1/d and rounds half away
+ * from zero; the two disagree on a few bytes per thousand.)
+ *
+ * The dot product reproduces ggml's AVX2 ggml_vec_dot_q8_0_q8_0 bit for
+ * bit; llamafile's tinyBLAS_Q0_AVX, which llama.cpp uses for batches of
+ * two or more rows, does the same arithmetic per output:
+ *  - per block, eight int32 lane sums: lane l holds the products of
+ *    elements 4l..4l+3 (maddubs + madd, or vpdpbusd with VNNI; all
+ *    integer, so exact);
+ *  - per block, the scale d = dx*dy is formed in float and each lane is
+ *    accumulated with a fused multiply-add: lane[l] = fma(d, isum[l],
+ *    lane[l]);
+ *  - after the last block the eight float lanes are added in
+ *    hsum_float_8 order (nbi_hsum8).
  */
 #include <math.h>
 
 #include "kernels.h"
 
-/* ggml rounds each product before adding it; a fused multiply-add would
- * not.  GCC does not fuse in ISO C mode (-std=c11); clang must be told. */
+/* Every fused multiply-add is an explicit fmaf; nothing else may be fused.
+ * GCC does not contract in ISO C mode (-std=c11); clang must be told. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -52,13 +69,16 @@ void nbi_q8_0_vec_dot_ref(int n, float *restrict s, const void *restrict vx,
     const block_q8_0 *x = vx;
     const block_q8_0 *y = vy;
     const int nb = n / QK8_0;
-    float sum = 0.0f;
+    float lane[8] = {0};
     for (int i = 0; i < nb; i++) {
-        int32_t isum = 0;
+        int32_t p[QK8_0];
         for (int j = 0; j < QK8_0; j++)
-            isum += x[i].qs[j] * y[i].qs[j];
-        /* ggml multiplies the two scales first, then the integer sum. */
-        sum += isum * (nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d));
+            p[j] = x[i].qs[j] * y[i].qs[j];
+        const float d = nbi_fp16_to_fp32(x[i].d) * nbi_fp16_to_fp32(y[i].d);
+        for (int l = 0; l < 8; l++) {
+            const int32_t isum = p[4 * l] + p[4 * l + 1] + p[4 * l + 2] + p[4 * l + 3];
+            lane[l] = fmaf(d, (float)isum, lane[l]);
+        }
     }
-    *s = sum;
+    *s = nbi_hsum8(lane);
 }

@@ -5,9 +5,9 @@
  * bytes.  Q4_1 and Q5_1 weights carry a minimum m, and the dot product of
  * that constant with the activations is m * sum(y) = m * s, so precomputing
  * s lets the weight kernels skip the per-element minimum.  The quantizer
- * reproduces ggml's quantize_row_q8_1_ref byte for byte: the same scale and
- * rounding as Q8_0, and s is the integer sum times the unrounded d, rounded
- * to fp16 once.
+ * produces the bytes of ggml's x86 quantize_row_q8_1 (AVX2 path): the same
+ * scale and rounding as our Q8_0 quantizer (id = 127/amax, half to even),
+ * and s = fp16(d * sum(qs)) with the unrounded d.
  *
  * ggml has no dot product with Q8_1 as the weight type, so neither do we
  * (the vec_dot entry stays NULL).  to_float ignores s.

@@ -268,10 +268,12 @@ static void rope_apply(float *v, int n_heads, int head_dim, int n_rot, const flo
 {
     for (int h = 0; h < n_heads; h++) {
         float *x = v + (size_t)h * head_dim;
+        /* one rounding less than the plain expression: ggml's compiled
+         * rotation fuses the first product of each line */
         for (int i = 0; i < n_rot; i += 2) {
             float x0 = x[i], x1 = x[i + 1];
-            x[i] = x0 * cs[i] - x1 * cs[i + 1];
-            x[i + 1] = x0 * cs[i + 1] + x1 * cs[i];
+            x[i] = fmaf(x0, cs[i], -(x1 * cs[i + 1]));
+            x[i + 1] = fmaf(x0, cs[i + 1], x1 * cs[i]);
         }
     }
 }
@@ -304,9 +306,16 @@ static float fast_expf(float x)
     return fmaf(s2, j, s2) * s1;
 }
 
-static float silu(float x)
+/* silu(g) * u over a row: groups of 8 use the vector-friendly exp, a tail
+ * the C library's, as ggml's AVX2 SwiGLU does. */
+static void swiglu(float *g, const float *u, int n)
 {
-    return x / (1.0f + fast_expf(-x));
+    const int full = n - n % 8;
+    int i = 0;
+    for (; i < full; i++)
+        g[i] = g[i] / (1.0f + fast_expf(-g[i])) * u[i];
+    for (; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 /* Attention of one query token at position pos over cache rows 0..pos.
@@ -417,8 +426,8 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
             rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
         matmul(c, L->w_gate, c->xn, B, c->h1);
         matmul(c, L->w_up, c->xn, B, c->h2);
-        for (size_t i = 0; i < (size_t)B * F; i++)
-            c->h1[i] = silu(c->h1[i]) * c->h2[i];
+        for (int t = 0; t < B; t++)
+            swiglu(c->h1 + (size_t)t * F, c->h2 + (size_t)t * F, F);
         matmul(c, L->w_down, c->h1, B, c->xn);
         for (size_t i = 0; i < (size_t)B * E; i++)
             c->x[i] += c->xn[i];
