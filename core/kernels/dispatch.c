@@ -140,6 +140,9 @@ static const nbi_kernels ref_table = {
     .from_float[NB_TYPE_Q8_1] = nbi_q8_1_from_float_ref,
     .from_float[NB_TYPE_Q8_K] = nbi_q8_K_from_float_ref,
     .from_float[NB_TYPE_IQ4_NL] = nbi_iq4_nl_from_float_ref,
+    .mad_f16 = nbi_mad_f16_ref,
+    .scale_f16 = nbi_scale_f16_ref,
+    .swiglu = nbi_swiglu_ref,
 };
 
 #undef REF_ENTRY
@@ -150,18 +153,62 @@ const nbi_kernels *nbi_kernels_ref(void)
 }
 
 /*
- * SIMD tables, best first.  Each is a complete table (built from the
- * reference by replacing the entries it accelerates) plus a test of the
- * running CPU; the test must also check that the OS saves the wider
- * registers (e.g. AVX state via XGETBV), not just the CPUID bit.
+ * SIMD tables, best first.  Each is the reference table with the entries
+ * an architecture accelerates replaced, chosen only when the running CPU
+ * (and the OS, for the wider registers) supports it.
  */
+#if defined(__x86_64__)
+static nbi_kernels avx2_table;
+
+static int avx2_ok(void)
+{
+    /* GCC's checks include the OS saving the YMM state (XGETBV). */
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+static const nbi_kernels *avx2(void)
+{
+    avx2_table = ref_table;
+    avx2_table.level = "avx2";
+    nbi_avx2_add_basic(&avx2_table);
+    nbi_avx2_add_kquants(&avx2_table);
+    return &avx2_table;
+}
+#endif
+
+#if defined(__aarch64__)
+static nbi_kernels neon_table;
+
+static int neon_ok(void)
+{
+    return 1; /* NEON is part of the aarch64 baseline */
+}
+
+static const nbi_kernels *neon(void)
+{
+    neon_table = ref_table;
+    neon_table.level = "neon";
+    nbi_neon_add_all(&neon_table);
+    return &neon_table;
+}
+#endif
+
 typedef struct {
+    const char *name;
     const nbi_kernels *(*table)(void);
     int (*cpu_ok)(void);
 } simd_choice;
 
 static const simd_choice simd_choices[] = {
-    {NULL, NULL}, /* placeholder until the first SIMD table lands */
+#if defined(__x86_64__)
+    {"avx2", avx2, avx2_ok},
+#endif
+#if defined(__aarch64__)
+    {"neon", neon, neon_ok},
+#endif
+    {NULL, NULL, NULL},
 };
 
 static const nbi_kernels *chosen;

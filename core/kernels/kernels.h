@@ -252,12 +252,47 @@ typedef void (*nbi_from_float_fn)(const float *restrict src, void *restrict dst,
 typedef void (*nbi_vec_dot_fn)(int n, float *restrict s, const void *restrict x,
                                const void *restrict y);
 
+/* Dot products of n_rows weight rows with n_cols activation rows:
+ * s[c * s_stride + r] = dot(w + r * w_stride, a + c * a_stride), each
+ * bit-identical to vec_dot on the same pair.  A matrix product hands a
+ * whole range of rows and all its tokens to one call, so the kernel can
+ * tile: decode a few weight rows once and use them against several
+ * activation rows while they are in registers or L1. */
+typedef void (*nbi_vec_dot_tile_fn)(int n, int n_rows, int n_cols, float *restrict s,
+                                    size_t s_stride, const void *restrict w, size_t w_stride,
+                                    const void *restrict a, size_t a_stride);
+/* y[i] = fp16(fma(x[i], v, y[i])) and y[i] = fp16(y[i] * v): the F16
+ * accumulator of attention (ggml_vec_mad_f16 / ggml_vec_scale_f16). */
+typedef void (*nbi_mad_f16_fn)(int n, nb_fp16 *restrict y, const nb_fp16 *restrict x, float v);
+typedef void (*nbi_scale_f16_fn)(int n, nb_fp16 *restrict y, float v);
+/* g[i] = silu(g[i]) * u[i]: groups of 8 with the polynomial exp of
+ * nbi_expf_approx, a tail with the C library's expf (ggml's AVX2 SwiGLU). */
+typedef void (*nbi_swiglu_fn)(int n, float *restrict g, const float *restrict u);
+
 typedef struct nbi_kernels {
     const char *level;                      /* "ref", "avx2", "neon" */
     nbi_to_float_fn to_float[NB_TYPE_COUNT];
     nbi_from_float_fn from_float[NB_TYPE_COUNT]; /* activation formats */
     nbi_vec_dot_fn vec_dot[NB_TYPE_COUNT];
+    nbi_vec_dot_tile_fn vec_dot_tile[NB_TYPE_COUNT]; /* NULL: vec_dot per pair */
+    nbi_mad_f16_fn mad_f16;
+    nbi_scale_f16_fn scale_f16;
+    nbi_swiglu_fn swiglu;
 } nbi_kernels;
+
+/* exp(x) by range reduction to 2^n * e^b, |b| <= ln2/2, and a degree-5
+ * polynomial: accurate to ~1.5 ulp and the same operations as ggml's
+ * SIMD exp, so vector and scalar code give the same bits. */
+float nbi_expf_approx(float x);
+
+/* SIMD tables, filled by the architecture files (x86: *_avx2.c, built
+ * with AVX2/FMA/F16C; aarch64: *_neon.c).  Each add function replaces the
+ * entries it accelerates in a copy of the reference table; every entry it
+ * installs must compute the same bits as the reference. */
+void nbi_avx2_add_basic(nbi_kernels *k);   /* F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL,
+                                              activation quantizers, vector ops */
+void nbi_avx2_add_kquants(nbi_kernels *k); /* Q2_K Q3_K Q4_K Q5_K Q6_K */
+void nbi_neon_add_all(nbi_kernels *k);
 
 /* The scalar reference table: always complete, never modified. */
 const nbi_kernels *nbi_kernels_ref(void);
@@ -293,5 +328,9 @@ NBI_DECLARE_REF(q6_K)
 NBI_DECLARE_REF(q8_K)
 NBI_DECLARE_REF(iq4_nl)
 #undef NBI_DECLARE_REF
+
+void nbi_swiglu_ref(int n, float *restrict g, const float *restrict u);
+void nbi_mad_f16_ref(int n, nb_fp16 *restrict y, const nb_fp16 *restrict x, float v);
+void nbi_scale_f16_ref(int n, nb_fp16 *restrict y, float v);
 
 #endif /* NIBBLE_KERNELS_H */

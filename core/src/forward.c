@@ -231,6 +231,12 @@ static void matmul_rows(void *arg, int ith, int nth)
     const char *w = j->W->data, *qa = j->c->qact;
     int64_t r0, r1;
     nbi_split(n_out, ith, nth, &r0, &r1);
+    const nbi_vec_dot_tile_fn tile = j->c->k->vec_dot_tile[j->W->type];
+    if (tile && r1 > r0) {
+        tile(n_in, (int)(r1 - r0), j->B, j->y + r0, (size_t)n_out, w + (size_t)r0 * wrow, wrow,
+             qa, arow);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const char *wr = w + (size_t)r * wrow;
         for (int t = 0; t < j->B; t++)
@@ -278,46 +284,6 @@ static void rope_apply(float *v, int n_heads, int head_dim, int n_rot, const flo
     }
 }
 
-static inline float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-
-/* exp(x) by range reduction to 2^n * e^b with |b| <= ln2/2 and a degree-5
- * polynomial: a vector-friendly expf accurate to ~1.5 ulp, the same
- * formulation ggml's SIMD SiLU uses. */
-static float fast_expf(float x)
-{
-    const float r = 0x1.8p23f;
-    const float z = fmaf(x, 0x1.715476p+0f, r);
-    const float n = z - r;
-    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
-    const uint32_t e = f_bits(z) << 23;
-    const float k = bits_f(e + f_bits(1.0f));
-    const float u = b * b;
-    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
-                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
-                         u, 0x1.ffffecp-1f * b);
-    if (!(fabsf(n) > 126.0f))
-        return fmaf(j, k, k);
-    const uint32_t d = n <= 0.0f ? 0x82000000u : 0u;
-    const float s1 = bits_f(d + 0x7f000000u);
-    const float s2 = bits_f(e - d);
-    if (fabsf(n) > 192.0f)
-        return s1 * s1;
-    return fmaf(s2, j, s2) * s1;
-}
-
-/* silu(g) * u over a row: groups of 8 use the vector-friendly exp, a tail
- * the C library's, as ggml's AVX2 SwiGLU does. */
-static void swiglu(float *g, const float *u, int n)
-{
-    const int full = n - n % 8;
-    int i = 0;
-    for (; i < full; i++)
-        g[i] = g[i] / (1.0f + fast_expf(-g[i])) * u[i];
-    for (; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
 /* Attention of one query token at position pos over cache rows 0..pos.
  *
  * One pass with a running maximum (online softmax), accumulating the
@@ -346,14 +312,11 @@ static void attend_head(nb_ctx *c, int layer, const float *q, int pos, int h, fl
         if (s > M) { /* new maximum: rescale what has been summed */
             ms = expf(M - s);
             M = s;
-            for (int d = 0; d < hd; d++)
-                acc[d] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(acc[d]) * ms);
+            c->k->scale_f16(hd, acc, ms);
         } else {
             vs = expf(s - M);
         }
-        const nb_fp16 *vr = V + (size_t)j * kv_dim + koff;
-        for (int d = 0; d < hd; d++)
-            acc[d] = nbi_fp32_to_fp16(fmaf(nbi_fp16_to_fp32(vr[d]), vs, nbi_fp16_to_fp32(acc[d])));
+        c->k->mad_f16(hd, acc, V + (size_t)j * kv_dim + koff, vs);
         S = S * ms + vs;
     }
     const float inv = 1.0f / S;
@@ -427,7 +390,7 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
         matmul(c, L->w_gate, c->xn, B, c->h1);
         matmul(c, L->w_up, c->xn, B, c->h2);
         for (int t = 0; t < B; t++)
-            swiglu(c->h1 + (size_t)t * F, c->h2 + (size_t)t * F, F);
+            c->k->swiglu(F, c->h1 + (size_t)t * F, c->h2 + (size_t)t * F);
         matmul(c, L->w_down, c->h1, B, c->xn);
         for (size_t i = 0; i < (size_t)B * E; i++)
             c->x[i] += c->xn[i];
