@@ -40,7 +40,7 @@ struct nb_ctx {
     float *h1, *h2;    /* (B, n_ff) */
     nb_fp16 *q16;      /* (n_threads, head_dim) */
     nb_fp16 *acc16;    /* (n_threads, head_dim) attention accumulators */
-    float *rope_cs;    /* (n_rot) cos/sin pairs for one position */
+    float *rope_cs;    /* (B, n_rot) cos/sin pairs of the batch's positions */
     void *qact;        /* quantized activations: B rows */
     size_t qact_row;   /* bytes per row in qact */
     float *logits;     /* (n_logits, n_vocab) */
@@ -123,7 +123,7 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->h2 = alloc_floats(B * F);
     c->q16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
     c->acc16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
-    c->rope_cs = alloc_floats((size_t)hp->n_rot);
+    c->rope_cs = alloc_floats(B * (size_t)hp->n_rot);
 
     /* Activation rows are quantized for every weight type in the model;
      * size the buffer for the widest format over the longest input. */
@@ -361,6 +361,14 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
         embd_row((const char *)m->tok_embd->data + (size_t)tokens[t] * embd_row_size,
                  c->x + (size_t)t * E, E);
 
+    /* the rotation angles depend on the position only: once per batch */
+    for (int t = 0; t < B; t++)
+        rope_prepare(m, c->rope_cs + (size_t)t * hp->n_rot, p0 + t);
+
+    /* the rotation angles depend on the position only: once per batch */
+    for (int t = 0; t < B; t++)
+        rope_prepare(m, c->rope_cs + (size_t)t * hp->n_rot, p0 + t);
+
     for (int l = 0; l < hp->n_layer; l++) {
         const nbi_layer *L = &m->layers[l];
         nb_fp16 *Kc = c->kcache + ((size_t)l * c->n_ctx + p0) * KVd;
@@ -371,9 +379,9 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
         matmul(c, L->wq, c->xn, B, c->q);
         matmul(c, L->wk, c->xn, B, c->kv);
         for (int t = 0; t < B; t++) {
-            rope_prepare(m, c->rope_cs, p0 + t);
-            rope_apply(c->q + (size_t)t * Qd, hp->n_head, hd, hp->n_rot, c->rope_cs);
-            rope_apply(c->kv + (size_t)t * KVd, hp->n_head_kv, hd, hp->n_rot, c->rope_cs);
+            const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
+            rope_apply(c->q + (size_t)t * Qd, hp->n_head, hd, hp->n_rot, cs);
+            rope_apply(c->kv + (size_t)t * KVd, hp->n_head_kv, hd, hp->n_rot, cs);
         }
         c->k->from_float[NB_TYPE_F16](c->kv, Kc, (int64_t)B * KVd);
         matmul(c, L->wv, c->xn, B, c->kv);
