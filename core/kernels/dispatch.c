@@ -143,6 +143,7 @@ static const nbi_kernels ref_table = {
     .mad_f16 = nbi_mad_f16_ref,
     .scale_f16 = nbi_scale_f16_ref,
     .swiglu = nbi_swiglu_ref,
+    .rope = nbi_rope_ref,
 };
 
 #undef REF_ENTRY
@@ -174,6 +175,7 @@ static const nbi_kernels *avx2(void)
     avx2_table.level = "avx2";
     nbi_avx2_add_basic(&avx2_table);
     nbi_avx2_add_kquants(&avx2_table);
+    nbi_avx2_add_ops(&avx2_table);
     return &avx2_table;
 }
 #endif

@@ -268,6 +268,11 @@ typedef void (*nbi_scale_f16_fn)(int n, nb_fp16 *restrict y, float v);
 /* g[i] = silu(g[i]) * u[i]: groups of 8 with the polynomial exp of
  * nbi_expf_approx, a tail with the C library's expf (ggml's AVX2 SwiGLU). */
 typedef void (*nbi_swiglu_fn)(int n, float *restrict g, const float *restrict u);
+/* Rotary embedding of the first n_rot dimensions of each of n_heads heads
+ * of x, rotating pairs (2i, 2i+1) by the angle whose cosine and sine are
+ * cs[2i], cs[2i+1]: x0' = fma(x0, c, -(x1 s)), x1' = fma(x0, s, x1 c). */
+typedef void (*nbi_rope_fn)(int n_heads, int head_dim, int n_rot, float *restrict x,
+                            const float *restrict cs);
 
 typedef struct nbi_kernels {
     const char *level;                      /* "ref", "avx2", "neon" */
@@ -278,6 +283,7 @@ typedef struct nbi_kernels {
     nbi_mad_f16_fn mad_f16;
     nbi_scale_f16_fn scale_f16;
     nbi_swiglu_fn swiglu;
+    nbi_rope_fn rope;
 } nbi_kernels;
 
 /* exp(x) by range reduction to 2^n * e^b, |b| <= ln2/2, and a degree-5
@@ -292,6 +298,7 @@ float nbi_expf_approx(float x);
 void nbi_avx2_add_basic(nbi_kernels *k);   /* F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL,
                                               activation quantizers, vector ops */
 void nbi_avx2_add_kquants(nbi_kernels *k); /* Q2_K Q3_K Q4_K Q5_K Q6_K */
+void nbi_avx2_add_ops(nbi_kernels *k);     /* RoPE */
 void nbi_neon_add_all(nbi_kernels *k);
 
 /* The scalar reference table: always complete, never modified. */
@@ -332,5 +339,6 @@ NBI_DECLARE_REF(iq4_nl)
 void nbi_swiglu_ref(int n, float *restrict g, const float *restrict u);
 void nbi_mad_f16_ref(int n, nb_fp16 *restrict y, const nb_fp16 *restrict x, float v);
 void nbi_scale_f16_ref(int n, nb_fp16 *restrict y, float v);
+void nbi_rope_ref(int n_heads, int head_dim, int n_rot, float *restrict x, const float *restrict cs);
 
 #endif /* NIBBLE_KERNELS_H */

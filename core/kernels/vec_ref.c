@@ -72,3 +72,17 @@ void nbi_scale_f16_ref(int n, nb_fp16 *restrict y, float v)
     for (int i = 0; i < n; i++)
         y[i] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(y[i]) * v);
 }
+
+void nbi_rope_ref(int n_heads, int head_dim, int n_rot, float *restrict x, const float *restrict cs)
+{
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        /* one rounding less than the plain expression: ggml's compiled
+         * rotation fuses the first product of each line */
+        for (int i = 0; i < n_rot; i += 2) {
+            float x0 = v[i], x1 = v[i + 1];
+            v[i] = fmaf(x0, cs[i], -(x1 * cs[i + 1]));
+            v[i + 1] = fmaf(x0, cs[i + 1], x1 * cs[i]);
+        }
+    }
+}

@@ -253,9 +253,9 @@ static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float 
     nbi_pool_run(c->pool, matmul_rows, &j);
 }
 
-/* Rotary embedding on pairs (2i, 2i+1) of the first n_rot dimensions of
- * each head.  theta grows by a constant factor per pair, computed by
- * repeated multiplication as ggml does. */
+/* Cosines and sines of the rotary angles of one position: theta grows by
+ * a constant factor per pair, computed by repeated multiplication as ggml
+ * does (the rotation itself is the kernel table's rope). */
 static void rope_prepare(const nb_model *m, float *cs, int pos)
 {
     const nbi_hparams *hp = &m->hp;
@@ -267,20 +267,6 @@ static void rope_prepare(const nb_model *m, float *cs, int pos)
         cs[i] = cosf(th);
         cs[i + 1] = sinf(th);
         theta *= theta_scale;
-    }
-}
-
-static void rope_apply(float *v, int n_heads, int head_dim, int n_rot, const float *cs)
-{
-    for (int h = 0; h < n_heads; h++) {
-        float *x = v + (size_t)h * head_dim;
-        /* one rounding less than the plain expression: ggml's compiled
-         * rotation fuses the first product of each line */
-        for (int i = 0; i < n_rot; i += 2) {
-            float x0 = x[i], x1 = x[i + 1];
-            x[i] = fmaf(x0, cs[i], -(x1 * cs[i + 1]));
-            x[i + 1] = fmaf(x0, cs[i + 1], x1 * cs[i]);
-        }
     }
 }
 
@@ -380,8 +366,8 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
         matmul(c, L->wk, c->xn, B, c->kv);
         for (int t = 0; t < B; t++) {
             const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
-            rope_apply(c->q + (size_t)t * Qd, hp->n_head, hd, hp->n_rot, cs);
-            rope_apply(c->kv + (size_t)t * KVd, hp->n_head_kv, hd, hp->n_rot, cs);
+            c->k->rope(hp->n_head, hd, hp->n_rot, c->q + (size_t)t * Qd, cs);
+            c->k->rope(hp->n_head_kv, hd, hp->n_rot, c->kv + (size_t)t * KVd, cs);
         }
         c->k->from_float[NB_TYPE_F16](c->kv, Kc, (int64_t)B * KVd);
         matmul(c, L->wv, c->xn, B, c->kv);
