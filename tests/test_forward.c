@@ -425,6 +425,108 @@ static void test_thread_invariance(void **state)
     }
 }
 
+/* Several contexts in one pass (a server's continuous batching) get
+ * exactly the logits each gets alone, whatever the split into passes. */
+static void test_multi_context(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    nb_model *m = open_model("models/stories260K-wide-q4_k_m.gguf");
+    int V = nb_model_n_vocab(m);
+    int n[3];
+    nb_token *toks[3];
+    for (int i = 0; i < 3; i++)
+        toks[i] = tokens_of(m, prompts[i], &n[i]);
+    for (int nb = 0; nb < 2; nb++) {
+        nb_ctx_params cp = nb_ctx_default_params();
+        cp.n_ctx = 256;
+        cp.n_batch = nb ? 5 : 512; /* 5: items split across several passes */
+        nb_ctx *alone[3], *together[3];
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(nb_ctx_new(m, &cp, &alone[i], NULL, 0), NB_OK);
+            assert_int_equal(nb_ctx_new(m, &cp, &together[i], NULL, 0), NB_OK);
+            /* different histories: context i starts with i tokens of its own */
+            if (i) {
+                assert_int_equal(nb_ctx_decode(alone[i], toks[i], i, 0), NB_OK);
+                assert_int_equal(nb_ctx_decode(together[i], toks[i], i, 0), NB_OK);
+            }
+        }
+        nb_batch_item items[3];
+        for (int i = 0; i < 3; i++) {
+            items[i] = (nb_batch_item){together[i], toks[i] + i, n[i] - i, i == 1};
+            assert_int_equal(nb_ctx_decode(alone[i], toks[i] + i, n[i] - i, i == 1), NB_OK);
+        }
+        assert_int_equal(nb_decode_batch(items, 3), NB_OK);
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(nb_ctx_n_past(together[i]), n[i]);
+            if (i == 1)
+                for (int t = 0; t < n[i] - i; t++)
+                    assert_memory_equal(nb_ctx_logits(together[i], t), nb_ctx_logits(alone[i], t),
+                                        (size_t)V * 4);
+            assert_memory_equal(nb_ctx_logits(together[i], -1), nb_ctx_logits(alone[i], -1),
+                                (size_t)V * 4);
+        }
+        /* one more token each, together: still the same */
+        nb_token next[3] = {5, 6, 7};
+        for (int i = 0; i < 3; i++) {
+            items[i] = (nb_batch_item){together[i], &next[i], 1, 0};
+            assert_int_equal(nb_ctx_decode(alone[i], &next[i], 1, 0), NB_OK);
+        }
+        assert_int_equal(nb_decode_batch(items, 3), NB_OK);
+        for (int i = 0; i < 3; i++)
+            assert_memory_equal(nb_ctx_logits(together[i], -1), nb_ctx_logits(alone[i], -1),
+                                (size_t)V * 4);
+        /* the same context twice, or an empty batch, is refused */
+        items[1].ctx = together[0];
+        assert_int_equal(nb_decode_batch(items, 2), NB_ERR_INVALID);
+        assert_int_equal(nb_decode_batch(items, 0), NB_ERR_INVALID);
+        for (int i = 0; i < 3; i++) {
+            nb_ctx_free(alone[i]);
+            nb_ctx_free(together[i]);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        free(toks[i]);
+    nb_model_close(m);
+}
+
+static int abort_after(void *data)
+{
+    int *left = data;
+    return --*left < 0;
+}
+
+/* The abort hook stops a long decode between layers and leaves the cache
+ * as it was before the interrupted pass. */
+static void test_abort(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    nb_model *m = open_model("models/stories260K.gguf");
+    int n;
+    nb_token *toks = tokens_of(m, prompts[0], &n);
+    nb_ctx_params cp = nb_ctx_default_params();
+    cp.n_batch = 16;
+    nb_ctx *c;
+    assert_int_equal(nb_ctx_new(m, &cp, &c, NULL, 0), NB_OK);
+    int left = 7; /* 5 layers per pass: stops in the second pass */
+    nb_ctx_set_abort(c, abort_after, &left);
+    assert_int_equal(nb_ctx_decode(c, toks, n, 0), NB_ERR_CANCELLED);
+    assert_int_equal(nb_ctx_n_past(c), 16); /* the first pass completed */
+    assert_null(nb_ctx_logits(c, -1));
+    nb_ctx_set_abort(c, NULL, NULL);
+    assert_int_equal(nb_ctx_decode(c, toks + 16, n - 16, 0), NB_OK);
+    /* same result as an uninterrupted decode */
+    nb_ctx *d;
+    assert_int_equal(nb_ctx_new(m, &cp, &d, NULL, 0), NB_OK);
+    assert_int_equal(nb_ctx_decode(d, toks, n, 0), NB_OK);
+    assert_memory_equal(nb_ctx_logits(c, -1), nb_ctx_logits(d, -1), (size_t)nb_model_n_vocab(m) * 4);
+    nb_ctx_free(c);
+    nb_ctx_free(d);
+    free(toks);
+    nb_model_close(m);
+}
+
 static void test_decode_errors(void **state)
 {
     (void)state;
@@ -499,7 +601,7 @@ int main(void)
         {"models/stories260K-wide-q4_k_m.gguf", 1.0, 0.12},
     };
     enum { NC = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NC + 3];
+    struct CMUnitTest tests[NC + 5];
     for (int i = 0; i < NC; i++) {
         tests[i] = (struct CMUnitTest)cmocka_unit_test(test_oracle);
         tests[i].name = cases[i].model + 7;
@@ -508,5 +610,7 @@ int main(void)
     tests[NC] = (struct CMUnitTest)cmocka_unit_test(test_batch_invariance);
     tests[NC + 1] = (struct CMUnitTest)cmocka_unit_test(test_decode_errors);
     tests[NC + 2] = (struct CMUnitTest)cmocka_unit_test(test_thread_invariance);
-    return _cmocka_run_group_tests("forward", tests, NC + 3, NULL, NULL);
+    tests[NC + 3] = (struct CMUnitTest)cmocka_unit_test(test_multi_context);
+    tests[NC + 4] = (struct CMUnitTest)cmocka_unit_test(test_abort);
+    return _cmocka_run_group_tests("forward", tests, NC + 5, NULL, NULL);
 }

@@ -273,6 +273,28 @@ NB_API nb_status nb_ctx_truncate(nb_ctx *c, int n);
  * NB_ERR_INVALID for a token id outside the vocabulary or n <= 0,
  * NB_ERR_CONTEXT_FULL when n_past + n > n_ctx (nothing is evaluated). */
 NB_API nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits);
+/* Evaluate tokens of several contexts of the same model in one pass per
+ * n_batch rows: each weight matrix is read once for all of them (the way a
+ * server batches its clients), and every context gets exactly the logits
+ * it would get from nb_ctx_decode alone.  The first item's context lends
+ * its threads and scratch.  Each context may appear once.  Errors as
+ * nb_ctx_decode, detailed in the first item's nb_ctx_errmsg; on
+ * NB_ERR_CANCELLED (see nb_ctx_set_abort) the contexts keep every token of
+ * the passes that completed. */
+typedef struct nb_batch_item {
+    nb_ctx *ctx;
+    const nb_token *tokens;
+    int n;
+    int all_logits;
+} nb_batch_item;
+
+NB_API nb_status nb_decode_batch(nb_batch_item *items, int n_items);
+
+/* Check fn(data) between layers of every pass this context evaluates (or
+ * lends its threads to); a non-zero return stops the decode with
+ * NB_ERR_CANCELLED.  fn = NULL removes it. */
+NB_API void nb_ctx_set_abort(nb_ctx *c, int (*fn)(void *data), void *data);
+
 /* Logits (n_vocab floats) of token i of the last decode: i in [0, n) when
  * all_logits was set, otherwise only i = n-1 or i = -1 (the last).  NULL
  * when unavailable.  Valid until the next decode. */

@@ -23,6 +23,15 @@
 #define DEFAULT_N_CTX_CAP 4096
 #define DEFAULT_N_BATCH 512
 
+/* One row of a pass: a token of some context at some position, and where
+ * its logits go (NULL: not wanted). */
+typedef struct fwd_row {
+    nb_ctx *ctx;
+    int pos;
+    nb_token tok;
+    float *logits;
+} fwd_row;
+
 struct nb_ctx {
     const nb_model *m;
     const nbi_kernels *k;
@@ -47,6 +56,13 @@ struct nb_ctx {
     size_t logits_cap; /* rows allocated */
     int n_logits;      /* rows valid from the last decode */
     int logits_first;  /* batch index of logits row 0 */
+    float *out;        /* logits scratch of a multi-context pass */
+    size_t out_cap;
+    fwd_row *row_buf;  /* (n_batch) rows of a pass */
+    const fwd_row *rows; /* the pass being evaluated */
+    int (*abort_fn)(void *);
+    void *abort_data;
+    int batch_base;    /* n_past when the current nb_decode_batch began */
     char errmsg[256];
 };
 
@@ -124,6 +140,7 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->q16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
     c->acc16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
     c->rope_cs = alloc_floats(B * (size_t)hp->n_rot);
+    c->row_buf = nbi_malloc_array(B, sizeof(fwd_row));
 
     /* Activation rows are quantized for every weight type in the model;
      * size the buffer for the widest format over the longest input. */
@@ -142,7 +159,7 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->qact = nbi_malloc_array(B, c->qact_row);
 
     if (!c->kcache || !c->vcache || !c->x || !c->xn || !c->q || !c->kv || !c->att || !c->h1 ||
-        !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->qact) {
+        !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->row_buf || !c->qact) {
         nb_ctx_free(c);
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory allocating a %d-token context",
                        n_ctx);
@@ -170,6 +187,8 @@ void nb_ctx_free(nb_ctx *c)
     free(c->rope_cs);
     free(c->qact);
     free(c->logits);
+    free(c->out);
+    free(c->row_buf);
     free(c);
 }
 
@@ -276,14 +295,14 @@ static void rope_prepare(const nb_model *m, float *cs, int pos)
  * weighted values in F16, which is what llama.cpp's default (flash
  * attention) CPU path computes.  Matching its rounding here is what lets
  * greedy continuations agree token for token. */
-static void attend_head(nb_ctx *c, int layer, const float *q, int pos, int h, float *o,
-                        nb_fp16 *q16, nb_fp16 *acc)
+static void attend_head(const nb_ctx *c, const nb_ctx *rc, int layer, const float *q, int pos,
+                        int h, float *o, nb_fp16 *q16, nb_fp16 *acc)
 {
     const nbi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    const nb_fp16 *K = c->kcache + (size_t)layer * c->n_ctx * kv_dim;
-    const nb_fp16 *V = c->vcache + (size_t)layer * c->n_ctx * kv_dim;
+    const nb_fp16 *K = rc->kcache + (size_t)layer * rc->n_ctx * kv_dim;
+    const nb_fp16 *V = rc->vcache + (size_t)layer * rc->n_ctx * kv_dim;
     const nbi_vec_dot_fn dot16 = c->k->vec_dot[NB_TYPE_F16];
     const size_t koff = (size_t)(h / (hp->n_head / hp->n_head_kv)) * hd;
 
@@ -312,7 +331,7 @@ static void attend_head(nb_ctx *c, int layer, const float *q, int pos, int h, fl
 
 typedef struct attend_job {
     nb_ctx *c;
-    int layer, B, p0;
+    int layer, B;
 } attend_job;
 
 /* Every (token, head) pair is independent: split them across threads. */
@@ -326,16 +345,25 @@ static void attend_task(void *arg, int ith, int nth)
     nbi_split((int64_t)j->B * hp->n_head, ith, nth, &lo, &hi);
     for (int64_t i = lo; i < hi; i++) {
         const int t = (int)(i / hp->n_head), h = (int)(i % hp->n_head);
-        attend_head(c, j->layer, c->q + (size_t)t * Qd, j->p0 + t, h,
+        attend_head(c, c->rows[t].ctx, j->layer, c->q + (size_t)t * Qd, c->rows[t].pos, h,
                     c->att + (size_t)t * Qd + (size_t)h * hd, c->q16 + (size_t)ith * hd,
                     c->acc16 + (size_t)ith * hd);
     }
 }
 
-/* Evaluate B tokens starting at position p0.  Logits are computed for
- * batch rows [first, B). */
-static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int first)
+static int aborted(const nb_ctx *ws)
 {
+    return ws->abort_fn && ws->abort_fn(ws->abort_data);
+}
+
+/* Evaluate B rows (B <= ws->n_batch) with the scratch, threads and kernels
+ * of ws.  Rows may belong to different contexts of the same model: the
+ * weights are streamed once for all of them, and each row attends to its
+ * own context's cache.  Keys and values are written at each row's
+ * position; the caller advances n_past when this returns NB_OK. */
+static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
+{
+    nb_ctx *c = ws;
     const nb_model *m = c->m;
     const nbi_hparams *hp = &m->hp;
     const int E = hp->n_embd, hd = hp->head_dim;
@@ -343,22 +371,18 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
     const nbi_to_float_fn embd_row = c->k->to_float[m->tok_embd->type];
     const size_t embd_row_size = nbi_row_size(m->tok_embd->type, E);
 
-    for (int t = 0; t < B; t++)
-        embd_row((const char *)m->tok_embd->data + (size_t)tokens[t] * embd_row_size,
+    c->rows = rows;
+    for (int t = 0; t < B; t++) {
+        embd_row((const char *)m->tok_embd->data + (size_t)rows[t].tok * embd_row_size,
                  c->x + (size_t)t * E, E);
-
-    /* the rotation angles depend on the position only: once per batch */
-    for (int t = 0; t < B; t++)
-        rope_prepare(m, c->rope_cs + (size_t)t * hp->n_rot, p0 + t);
-
-    /* the rotation angles depend on the position only: once per batch */
-    for (int t = 0; t < B; t++)
-        rope_prepare(m, c->rope_cs + (size_t)t * hp->n_rot, p0 + t);
+        /* the rotation angles depend on the position only: once per pass */
+        rope_prepare(m, c->rope_cs + (size_t)t * hp->n_rot, rows[t].pos);
+    }
 
     for (int l = 0; l < hp->n_layer; l++) {
         const nbi_layer *L = &m->layers[l];
-        nb_fp16 *Kc = c->kcache + ((size_t)l * c->n_ctx + p0) * KVd;
-        nb_fp16 *Vc = c->vcache + ((size_t)l * c->n_ctx + p0) * KVd;
+        if (aborted(ws))
+            return NB_ERR_CANCELLED;
 
         for (int t = 0; t < B; t++)
             rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
@@ -368,12 +392,20 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
             const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
             c->k->rope(hp->n_head, hd, hp->n_rot, c->q + (size_t)t * Qd, cs);
             c->k->rope(hp->n_head_kv, hd, hp->n_rot, c->kv + (size_t)t * KVd, cs);
+            const nb_ctx *rc = rows[t].ctx;
+            c->k->from_float[NB_TYPE_F16](c->kv + (size_t)t * KVd,
+                                          rc->kcache + ((size_t)l * rc->n_ctx + rows[t].pos) * KVd,
+                                          KVd);
         }
-        c->k->from_float[NB_TYPE_F16](c->kv, Kc, (int64_t)B * KVd);
         matmul(c, L->wv, c->xn, B, c->kv);
-        c->k->from_float[NB_TYPE_F16](c->kv, Vc, (int64_t)B * KVd);
+        for (int t = 0; t < B; t++) {
+            const nb_ctx *rc = rows[t].ctx;
+            c->k->from_float[NB_TYPE_F16](c->kv + (size_t)t * KVd,
+                                          rc->vcache + ((size_t)l * rc->n_ctx + rows[t].pos) * KVd,
+                                          KVd);
+        }
 
-        attend_job aj = {c, l, B, p0};
+        attend_job aj = {c, l, B};
         nbi_pool_run(c->pool, attend_task, &aj);
         matmul(c, L->wo, c->att, B, c->xn);
         for (size_t i = 0; i < (size_t)B * E; i++)
@@ -390,19 +422,61 @@ static void forward_batch(nb_ctx *c, const nb_token *tokens, int B, int p0, int 
             c->x[i] += c->xn[i];
     }
 
-    const int n_out = B - first;
-    for (int t = first; t < B; t++)
-        rmsnorm(c->xn + (size_t)(t - first) * E, c->x + (size_t)t * E, m->output_norm, E,
-                hp->rms_eps);
-    float *dst = c->logits + (size_t)(c->n_logits) * hp->n_vocab;
-    matmul(c, m->output, c->xn, n_out, dst);
-    c->n_logits += n_out;
+    /* Logits for the rows that want them.  When their destinations are
+     * consecutive rows of one buffer (a single context's decode), the
+     * product writes there directly; otherwise through scratch. */
+    int n_out = 0, direct = 1;
+    float *first_dst = NULL;
+    for (int t = 0; t < B; t++) {
+        if (!rows[t].logits)
+            continue;
+        rmsnorm(c->xn + (size_t)n_out * E, c->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
+        if (!first_dst)
+            first_dst = rows[t].logits;
+        else if (rows[t].logits != first_dst + (size_t)n_out * hp->n_vocab)
+            direct = 0;
+        n_out++;
+    }
+    if (n_out == 0)
+        return NB_OK;
+    if (direct) {
+        matmul(c, m->output, c->xn, n_out, first_dst);
+        return NB_OK;
+    }
+    if ((size_t)n_out > c->out_cap) {
+        float *o = nbi_malloc_array((size_t)n_out * (size_t)hp->n_vocab, sizeof(float));
+        if (!o)
+            return NB_ERR_NOMEM;
+        free(c->out);
+        c->out = o;
+        c->out_cap = (size_t)n_out;
+    }
+    matmul(c, m->output, c->xn, n_out, c->out);
+    for (int t = 0, k = 0; t < B; t++)
+        if (rows[t].logits)
+            memcpy(rows[t].logits, c->out + (size_t)(k++) * hp->n_vocab,
+                   (size_t)hp->n_vocab * sizeof(float));
+    return NB_OK;
 }
 
-nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits)
+/* Make room for `rows` rows of logits in a context. */
+static nb_status reserve_logits(nb_ctx *c, size_t rows)
+{
+    if (rows <= c->logits_cap)
+        return NB_OK;
+    float *nl = nbi_malloc_array(rows * (size_t)c->m->hp.n_vocab, sizeof(float));
+    if (!nl)
+        return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_NOMEM,
+                       "out of memory for %zu rows of logits", rows);
+    free(c->logits);
+    c->logits = nl;
+    c->logits_cap = rows;
+    return NB_OK;
+}
+
+static nb_status check_tokens(nb_ctx *c, const nb_token *tokens, int n)
 {
     const int n_vocab = c->m->hp.n_vocab;
-    c->errmsg[0] = 0;
     if (n <= 0 || !tokens)
         return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID, "no tokens to evaluate");
     for (int i = 0; i < n; i++)
@@ -414,30 +488,88 @@ nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits
         return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_CONTEXT_FULL,
                        "%d tokens do not fit: %d of the %d-token context are in use", n,
                        c->n_past, c->n_ctx);
-    size_t rows = all_logits ? (size_t)n : 1;
-    if (rows > c->logits_cap) {
-        float *nl = nbi_malloc_array(rows * (size_t)n_vocab, sizeof(float));
-        if (!nl)
-            return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_NOMEM,
-                           "out of memory for %zu rows of logits", rows);
-        free(c->logits);
-        c->logits = nl;
-        c->logits_cap = rows;
+    return NB_OK;
+}
+
+nb_status nb_decode_batch(nb_batch_item *items, int n_items)
+{
+    if (n_items <= 0 || !items || !items[0].ctx)
+        return NB_ERR_INVALID;
+    nb_ctx *ws = items[0].ctx;
+    nb_status st;
+    for (int i = 0; i < n_items; i++) {
+        nb_ctx *c = items[i].ctx;
+        if (!c || c->m != ws->m)
+            return nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_INVALID,
+                           "batch item %d: contexts must belong to the same model", i);
+        for (int j = 0; j < i; j++)
+            if (items[j].ctx == c)
+                return nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_INVALID,
+                               "batch item %d: a context may appear once per batch", i);
+        c->errmsg[0] = 0;
+        if ((st = check_tokens(c, items[i].tokens, items[i].n)))
+            return st;
+        if ((st = reserve_logits(c, items[i].all_logits ? (size_t)items[i].n : 1)))
+            return st;
     }
-    c->n_logits = 0;
-    c->logits_first = all_logits ? 0 : n - 1;
-    for (int done = 0; done < n;) {
-        int B = NBI_MIN(c->n_batch, n - done);
-        int first;
-        if (all_logits)
-            first = 0;
-        else
-            first = done + B == n ? B - 1 : B; /* only the very last token */
-        forward_batch(c, tokens + done, B, c->n_past, first);
-        c->n_past += B;
-        done += B;
+    for (int i = 0; i < n_items; i++) {
+        nb_ctx *c = items[i].ctx;
+        c->n_logits = items[i].all_logits ? items[i].n : 1;
+        c->logits_first = items[i].all_logits ? 0 : items[i].n - 1;
+        c->batch_base = c->n_past;
+    }
+    /* Fill passes of up to n_batch rows, items in order; a context's rows
+     * stay in order, so each sees its earlier tokens in the cache. */
+    fwd_row *rows = ws->row_buf;
+    int item = 0, done = 0;
+    while (item < n_items) {
+        int B = 0;
+        int start_item = item, start_done = done;
+        while (B < ws->n_batch && item < n_items) {
+            const nb_batch_item *it = &items[item];
+            nb_ctx *c = it->ctx;
+            int take = NBI_MIN(ws->n_batch - B, it->n - done);
+            for (int k = 0; k < take; k++) {
+                int idx = done + k;
+                fwd_row *r = &rows[B++];
+                r->ctx = c;
+                r->pos = c->batch_base + idx;
+                r->tok = it->tokens[idx];
+                r->logits = it->all_logits ? c->logits + (size_t)idx * c->m->hp.n_vocab
+                            : idx == it->n - 1 ? c->logits
+                                               : NULL;
+            }
+            done += take;
+            if (done == it->n) {
+                item++;
+                done = 0;
+            }
+        }
+        if ((st = forward_rows(ws, rows, B))) {
+            /* nothing of an unfinished item counts as evaluated */
+            for (int i = 0; i < n_items; i++)
+                items[i].ctx->n_logits = 0;
+            return nbi_err(ws->errmsg, sizeof ws->errmsg, st,
+                           st == NB_ERR_CANCELLED ? "cancelled" : "out of memory");
+        }
+        /* the rows of this pass are in the caches now */
+        for (int i = start_item; i <= item && i < n_items; i++)
+            items[i].ctx->n_past = items[i].ctx->batch_base + (i == item ? done : items[i].n);
+        (void)start_done;
     }
     return NB_OK;
+}
+
+nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits)
+{
+    nb_batch_item it = {c, tokens, n, all_logits};
+    return nb_decode_batch(&it, 1);
+}
+
+void nb_ctx_set_abort(nb_ctx *c, int (*fn)(void *data), void *data)
+{
+    c->abort_fn = fn;
+    c->abort_data = data;
 }
 
 const float *nb_ctx_logits(const nb_ctx *c, int i)
