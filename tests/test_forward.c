@@ -456,7 +456,7 @@ static void test_multi_context(void **state)
             items[i] = (nb_batch_item){together[i], toks[i] + i, n[i] - i, i == 1};
             assert_int_equal(nb_ctx_decode(alone[i], toks[i] + i, n[i] - i, i == 1), NB_OK);
         }
-        assert_int_equal(nb_decode_batch(items, 3), NB_OK);
+        assert_int_equal(nb_decode_batch(NULL, items, 3), NB_OK);
         for (int i = 0; i < 3; i++) {
             assert_int_equal(nb_ctx_n_past(together[i]), n[i]);
             if (i == 1)
@@ -466,20 +466,27 @@ static void test_multi_context(void **state)
             assert_memory_equal(nb_ctx_logits(together[i], -1), nb_ctx_logits(alone[i], -1),
                                 (size_t)V * 4);
         }
-        /* one more token each, together: still the same */
+        /* one more token each, together, through a separate workspace with
+         * its own threads: still the same */
         nb_token next[3] = {5, 6, 7};
+        nb_ctx_params wp = cp;
+        wp.n_ctx = 1;
+        wp.n_threads = 2;
+        nb_ctx *ws;
+        assert_int_equal(nb_ctx_new(m, &wp, &ws, NULL, 0), NB_OK);
         for (int i = 0; i < 3; i++) {
             items[i] = (nb_batch_item){together[i], &next[i], 1, 0};
             assert_int_equal(nb_ctx_decode(alone[i], &next[i], 1, 0), NB_OK);
         }
-        assert_int_equal(nb_decode_batch(items, 3), NB_OK);
+        assert_int_equal(nb_decode_batch(ws, items, 3), NB_OK);
+        nb_ctx_free(ws);
         for (int i = 0; i < 3; i++)
             assert_memory_equal(nb_ctx_logits(together[i], -1), nb_ctx_logits(alone[i], -1),
                                 (size_t)V * 4);
         /* the same context twice, or an empty batch, is refused */
         items[1].ctx = together[0];
-        assert_int_equal(nb_decode_batch(items, 2), NB_ERR_INVALID);
-        assert_int_equal(nb_decode_batch(items, 0), NB_ERR_INVALID);
+        assert_int_equal(nb_decode_batch(NULL, items, 2), NB_ERR_INVALID);
+        assert_int_equal(nb_decode_batch(NULL, items, 0), NB_ERR_INVALID);
         for (int i = 0; i < 3; i++) {
             nb_ctx_free(alone[i]);
             nb_ctx_free(together[i]);

@@ -276,11 +276,13 @@ NB_API nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all
 /* Evaluate tokens of several contexts of the same model in one pass per
  * n_batch rows: each weight matrix is read once for all of them (the way a
  * server batches its clients), and every context gets exactly the logits
- * it would get from nb_ctx_decode alone.  The first item's context lends
- * its threads and scratch.  Each context may appear once.  Errors as
- * nb_ctx_decode, detailed in the first item's nb_ctx_errmsg; on
- * NB_ERR_CANCELLED (see nb_ctx_set_abort) the contexts keep every token of
- * the passes that completed. */
+ * it would get from nb_ctx_decode alone.  The context ws lends its threads,
+ * scratch, batch size and abort hook; it need not be one of the items (a
+ * server keeps one such workspace and gives its slots one thread each);
+ * NULL means the first item's.  Each context may appear once.  Errors as
+ * nb_ctx_decode, detailed in ws's nb_ctx_errmsg; on NB_ERR_CANCELLED (see
+ * nb_ctx_set_abort) the contexts keep every token of the passes that
+ * completed. */
 typedef struct nb_batch_item {
     nb_ctx *ctx;
     const nb_token *tokens;
@@ -288,7 +290,7 @@ typedef struct nb_batch_item {
     int all_logits;
 } nb_batch_item;
 
-NB_API nb_status nb_decode_batch(nb_batch_item *items, int n_items);
+NB_API nb_status nb_decode_batch(nb_ctx *ws, nb_batch_item *items, int n_items);
 
 /* Check fn(data) between layers of every pass this context evaluates (or
  * lends its threads to); a non-zero return stops the decode with

@@ -96,7 +96,7 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
         return nbi_err(err, errlen, NB_ERR_INVALID, "context size %d is too large (limit %d)",
                        n_ctx, 1 << 22);
     int n_batch = p.n_batch ? p.n_batch : DEFAULT_N_BATCH;
-    n_batch = NBI_MIN(n_batch, n_ctx);
+    /* not capped by n_ctx: a context may serve as a workspace for others */
     if (n_batch > 8192)
         n_batch = 8192;
 
@@ -491,11 +491,12 @@ static nb_status check_tokens(nb_ctx *c, const nb_token *tokens, int n)
     return NB_OK;
 }
 
-nb_status nb_decode_batch(nb_batch_item *items, int n_items)
+nb_status nb_decode_batch(nb_ctx *ws, nb_batch_item *items, int n_items)
 {
     if (n_items <= 0 || !items || !items[0].ctx)
         return NB_ERR_INVALID;
-    nb_ctx *ws = items[0].ctx;
+    if (!ws)
+        ws = items[0].ctx;
     nb_status st;
     for (int i = 0; i < n_items; i++) {
         nb_ctx *c = items[i].ctx;
@@ -563,7 +564,7 @@ nb_status nb_decode_batch(nb_batch_item *items, int n_items)
 nb_status nb_ctx_decode(nb_ctx *c, const nb_token *tokens, int n, int all_logits)
 {
     nb_batch_item it = {c, tokens, n, all_logits};
-    return nb_decode_batch(&it, 1);
+    return nb_decode_batch(c, &it, 1);
 }
 
 void nb_ctx_set_abort(nb_ctx *c, int (*fn)(void *data), void *data)
