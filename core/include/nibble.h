@@ -242,6 +242,45 @@ NB_API size_t nb_detok_push(nb_detok *d, const nb_model *m, nb_token t, char *ou
 NB_API size_t nb_detok_flush(nb_detok *d, char *out, size_t cap);
 
 /* ------------------------------------------------------------------ */
+/* Chat templates and fill-in-the-middle                               */
+
+typedef struct nb_chat_msg {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content;
+} nb_chat_msg;
+
+/* The chat format recognised in the model's tokenizer.chat_template:
+ * "chatml", "llama2", "llama3", "alpaca", "vicuna", "zephyr", or "raw"
+ * when there is none or it is not recognised.  Never NULL. */
+NB_API const char *nb_chat_template_name(const nb_model *m);
+
+/* Render a conversation as the prompt text of a template (NULL: the
+ * model's).  add_assistant appends the opening of the assistant's turn.
+ * *out is malloc'd; the caller frees it.  NB_ERR_INVALID for an unknown
+ * template or role. */
+NB_API nb_status nb_chat_render(const nb_model *m, const char *tmpl, const nb_chat_msg *msgs,
+                                int n, int add_assistant, char **out, char *err, size_t errlen);
+
+/* 1 when the model has fill-in-the-middle tokens (from its metadata, or
+ * CodeLlama's <PRE>/<SUF>/<MID>, or the StarCoder, Qwen and DeepSeek
+ * spellings in its vocabulary). */
+NB_API int nb_model_has_fim(const nb_model *m);
+
+typedef struct nb_chunk {
+    const char *name;    /* e.g. a file name; may be NULL */
+    const char *text;
+} nb_chunk;
+
+/* The token ids of an infill prompt: BOS (when the model adds one), extra
+ * context chunks (after the model's file separator token when it has one),
+ * then prefix, suffix and middle markers around the two texts, ready for
+ * generation.  *out is malloc'd.  NB_ERR_UNSUPPORTED naming the model when
+ * it has no FIM tokens. */
+NB_API nb_status nb_infill_tokens(const nb_model *m, const char *prefix, const char *suffix,
+                                  const nb_chunk *chunks, int n_chunks, nb_token **out,
+                                  int64_t *n_out, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------ */
 /* Evaluation contexts (KV cache + scratch)                            */
 
 typedef struct nb_ctx nb_ctx;

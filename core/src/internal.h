@@ -201,6 +201,8 @@ enum nbi_tok_attr { /* GGUF tokenizer.ggml.token_type values */
 
 enum nbi_vocab_type { NBI_VOCAB_NONE = 0, NBI_VOCAB_SPM = 1 };
 
+#define NBI_MAX_PIECE 256 /* longest token text we accept */
+
 typedef struct nbi_vocab {
     int type;
     int32_t n;              /* tokens */
@@ -216,9 +218,12 @@ typedef struct nbi_vocab {
     bool add_bos, add_eos, add_space_prefix;
     nb_token *special;      /* split before tokenizing, longest text first */
     int n_special;
+    nb_token fim_pre, fim_suf, fim_mid, fim_sep, fim_rep; /* -1 when absent */
 } nbi_vocab;
 
 nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errlen);
+/* template.c: find the fill-in-the-middle tokens of a loaded model. */
+void nbi_fim_detect(nb_model *m);
 void nbi_vocab_free(nbi_vocab *v);
 
 /* ------------------------------------------------------------------ model.c */

@@ -307,6 +307,7 @@ nb_status nb_model_open(const char *path, const nb_model_params *params, nb_mode
 
     if ((st = nbi_vocab_load(&m->vocab, m->gguf, err, errlen)))
         goto fail;
+    nbi_fim_detect(m);
     m->hp.n_vocab = m->vocab.n;
     if (!p.vocab_only) {
         if ((st = load_hparams(m, err, errlen)) ||

@@ -19,7 +19,6 @@
 #include "internal.h"
 
 #define SPM_SPACE "\xe2\x96\x81" /* U+2581 LOWER ONE EIGHTH BLOCK */
-#define MAX_PIECE 256            /* longest token text we accept */
 
 static nb_status get_token_id(const nb_gguf *g, const char *key, int32_t n, nb_token *out,
                               char *err, size_t errlen)
@@ -118,10 +117,10 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
         const char *s;
         uint64_t len;
         p = nbi_gguf_next_str(p, &s, &len);
-        if (len > MAX_PIECE)
+        if (len > NBI_MAX_PIECE)
             return nbi_err(err, errlen, NB_ERR_FORMAT,
                            "token %" PRId32 " is %" PRIu64 " bytes long (limit %d)", i, len,
-                           MAX_PIECE);
+                           NBI_MAX_PIECE);
         v->text[i] = s;
         v->len[i] = (uint32_t)len;
         if (scores)
@@ -178,7 +177,8 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
     /* End-of-generation tokens: EOS, EOT, and the end-of-turn markers of
      * common chat formats when the vocabulary marks them as control. */
     static const char *const eog_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>",
-                                            "<end_of_turn>", "<|endoftext|>", "<EOT>"};
+                                            "<end_of_turn>", "<|endoftext|>", "<EOT>",
+                                            "\xe2\x96\x81<EOT>"};
     v->eog = nbi_malloc_array(2 + sizeof eog_names / sizeof eog_names[0], sizeof *v->eog);
     if (!v->eog)
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory loading the vocabulary");
@@ -188,7 +188,8 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
         v->eog[v->n_eog++] = v->eot;
     for (size_t k = 0; k < sizeof eog_names / sizeof eog_names[0]; k++) {
         int32_t id = nbi_strmap_get(&v->map, eog_names[k], strlen(eog_names[k]));
-        if (id >= 0 && v->attr[id] == NBI_TOK_CONTROL && id != v->eos && id != v->eot)
+        /* by name whatever the type: CodeLlama's <EOT> is not a control token */
+        if (id >= 0 && id != v->eos && id != v->eot)
             v->eog[v->n_eog++] = id;
     }
     return NB_OK;
@@ -532,7 +533,7 @@ int nb_token_piece(const nb_model *m, nb_token t, char *buf, size_t cap, int fla
         return -NB_ERR_INVALID;
     const char *s = v->text[t];
     size_t len = v->len[t];
-    char tmp[MAX_PIECE];
+    char tmp[NBI_MAX_PIECE];
     switch (v->attr[t]) {
     case NBI_TOK_CONTROL:
     case NBI_TOK_UNKNOWN:
@@ -657,7 +658,7 @@ static void detok_bytes(nb_detok *d, const unsigned char *s, size_t n, outbuf *o
 
 size_t nb_detok_push(nb_detok *d, const nb_model *m, nb_token t, char *out, size_t cap)
 {
-    char piece[MAX_PIECE];
+    char piece[NBI_MAX_PIECE];
     outbuf o = {out, cap, 0};
     if (cap)
         out[0] = 0;

@@ -1,0 +1,187 @@
+/*
+ * test_template.c - chat templates (detection and rendering, against the
+ * formats written out by hand) and fill-in-the-middle prompts.
+ */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gguf_builder.h"
+#include "nibble.h"
+
+/* A vocabulary-only model with the given chat template (NULL: none) and,
+ * optionally, CodeLlama's FIM tokens. */
+static nb_model *vocab_model(const char *chat_template, int fim)
+{
+    gguf_builder *b = gb_new();
+    assert_non_null(b);
+    gb_kv_str(b, "general.architecture", "llama");
+    const char *extra[] = {"\xe2\x96\x81<PRE>", "\xe2\x96\x81<SUF>", "\xe2\x96\x81<MID>",
+                           "\xe2\x96\x81<EOT>", "\xe2\x96\x81x", "\xe2\x96\x81y"};
+    int n_extra = fim ? 6 : 2, off = fim ? 0 : 4;
+    int n = 3 + 256 + n_extra;
+    const char **toks = calloc((size_t)n, sizeof *toks);
+    float *scores = calloc((size_t)n, sizeof *scores);
+    int32_t *types = calloc((size_t)n, sizeof *types);
+    char (*bytes)[8] = calloc(256, 8);
+    toks[0] = "<unk>", toks[1] = "<s>", toks[2] = "</s>";
+    types[0] = 2, types[1] = 3, types[2] = 3;
+    for (int i = 0; i < 256; i++) {
+        snprintf(bytes[i], 8, "<0x%02X>", i);
+        toks[3 + i] = bytes[i];
+        types[3 + i] = 6;
+    }
+    for (int i = 0; i < n_extra; i++) {
+        toks[259 + i] = extra[off + i];
+        types[259 + i] = fim && i < 4 ? 4 : 1; /* user-defined, as in CodeLlama */
+    }
+    gb_kv_str(b, "tokenizer.ggml.model", "llama");
+    gb_kv_arr_str(b, "tokenizer.ggml.tokens", toks, (uint64_t)n);
+    gb_kv_arr(b, "tokenizer.ggml.scores", GB_FLOAT32, scores, (uint64_t)n);
+    gb_kv_arr(b, "tokenizer.ggml.token_type", GB_INT32, types, (uint64_t)n);
+    if (chat_template)
+        gb_kv_str(b, "tokenizer.chat_template", chat_template);
+    size_t len;
+    uint8_t *img = gb_build(b, &len);
+    char *path = nbt_write_temp(img, len, ".gguf");
+    nb_model_params p = nb_model_default_params();
+    p.vocab_only = 1;
+    nb_model *m = NULL;
+    char err[256];
+    if (nb_model_open(path, &p, &m, err, sizeof err))
+        fail_msg("%s", err);
+    unlink(path);
+    free(path);
+    free(img);
+    gb_free(b);
+    free(toks), free(scores), free(types), free(bytes);
+    return m;
+}
+
+static const nb_chat_msg chat[] = {
+    {"system", "S"}, {"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}};
+
+static void expect(nb_model *m, const char *tmpl, const char *want)
+{
+    char *out, err[128];
+    assert_int_equal(nb_chat_render(m, tmpl, chat, 4, 1, &out, err, sizeof err), NB_OK);
+    if (strcmp(out, want))
+        fail_msg("%s:\n got '%s'\nwant '%s'", tmpl, out, want);
+    free(out);
+}
+
+static void test_render(void **state)
+{
+    (void)state;
+    nb_model *m = vocab_model(NULL, 0);
+    expect(m, "chatml",
+           "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU1<|im_end|>\n"
+           "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nU2<|im_end|>\n"
+           "<|im_start|>assistant\n");
+    expect(m, "llama2", "[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s>[INST] U2 [/INST]");
+    expect(m, "llama3",
+           "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+           "<|start_header_id|>user<|end_header_id|>\n\nU1<|eot_id|>"
+           "<|start_header_id|>assistant<|end_header_id|>\n\nA1<|eot_id|>"
+           "<|start_header_id|>user<|end_header_id|>\n\nU2<|eot_id|>"
+           "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    expect(m, "zephyr",
+           "<|system|>\nS</s>\n<|user|>\nU1</s>\n<|assistant|>\nA1</s>\n<|user|>\nU2</s>\n"
+           "<|assistant|>\n");
+    expect(m, "alpaca",
+           "S\n\n### Instruction:\nU1\n\n### Response:\nA1\n\n### Instruction:\nU2\n\n"
+           "### Response:\n");
+    expect(m, "vicuna", "S\nUSER: U1\nASSISTANT: A1</s>\nUSER: U2\nASSISTANT:");
+    expect(m, "raw", "S\n\nU1\n\nA1\n\nU2\n\n");
+    /* without the assistant opening */
+    char *out;
+    assert_int_equal(nb_chat_render(m, "chatml", chat + 1, 1, 0, &out, NULL, 0), NB_OK);
+    assert_string_equal(out, "<|im_start|>user\nU1<|im_end|>\n");
+    free(out);
+    /* errors */
+    char err[128];
+    assert_int_equal(nb_chat_render(m, "jinja", chat, 4, 1, &out, err, sizeof err), NB_ERR_INVALID);
+    assert_non_null(strstr(err, "jinja"));
+    assert_null(out);
+    nb_chat_msg bad = {"robot", "x"};
+    assert_int_equal(nb_chat_render(m, "chatml", &bad, 1, 1, &out, err, sizeof err), NB_ERR_INVALID);
+    assert_non_null(strstr(err, "role"));
+    nb_model_close(m);
+}
+
+static void test_detect(void **state)
+{
+    (void)state;
+    const struct {
+        const char *tmpl, *name;
+    } cases[] = {
+        {"{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}", "chatml"},
+        {"{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}", "llama2"},
+        {"<|start_header_id|>{{ role }}<|end_header_id|>\n\n{{ content }}<|eot_id|>", "llama3"},
+        {"{% for m in messages %}<|user|>\n{{ m.content }}</s>{% endfor %}", "zephyr"},
+        {"### Instruction:\n{{ x }}\n\n### Response:", "alpaca"},
+        {"{{ system }} USER: {{ u }} ASSISTANT: {{ a }}", "vicuna"},
+        {"{{ something unknown }}", "raw"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nb_model *m = vocab_model(cases[i].tmpl, 0);
+        assert_string_equal(nb_chat_template_name(m), cases[i].name);
+        nb_model_close(m);
+    }
+    nb_model *m = vocab_model(NULL, 0);
+    assert_string_equal(nb_chat_template_name(m), "raw");
+    nb_model_close(m);
+}
+
+static void test_infill(void **state)
+{
+    (void)state;
+    nb_model *m = vocab_model(NULL, 1);
+    assert_true(nb_model_has_fim(m));
+    /* ids: <s> = 1, ▁<PRE> 259, ▁<SUF> 260, ▁<MID> 261, ▁<EOT> 262 */
+    nb_token *ids;
+    int64_t n;
+    assert_int_equal(nb_infill_tokens(m, "a", "b", NULL, 0, &ids, &n, NULL, 0), NB_OK);
+    /* BOS, PRE, ▁ a (byte tokens), SUF, ▁ b, MID */
+    int64_t k = 0;
+    assert_int_equal(ids[k++], 1);
+    assert_int_equal(ids[k++], 259);
+    while (k < n && ids[k] != 260)
+        k++;
+    assert_true(k < n - 1);
+    assert_int_equal(ids[n - 1], 261);
+    free(ids);
+    /* <EOT> ends generation (CodeLlama's end of infill) */
+    assert_true(nb_model_is_eog(m, 262));
+    nb_chunk chunks[] = {{"other.c", "int x;"}};
+    int64_t n2;
+    assert_int_equal(nb_infill_tokens(m, "a", "b", chunks, 1, &ids, &n2, NULL, 0), NB_OK);
+    assert_true(n2 > n); /* the chunk comes first, as text */
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[n2 - 1], 261);
+    free(ids);
+    nb_model_close(m);
+
+    /* a model without FIM tokens: a clear refusal */
+    m = vocab_model(NULL, 0);
+    assert_false(nb_model_has_fim(m));
+    char err[256];
+    assert_int_equal(nb_infill_tokens(m, "a", "b", NULL, 0, &ids, &n, err, sizeof err),
+                     NB_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err, "fill-in-the-middle"));
+    assert_null(ids);
+    nb_model_close(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_render),
+        cmocka_unit_test(test_detect),
+        cmocka_unit_test(test_infill),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
