@@ -2,6 +2,8 @@
 #
 #   make                 build libnibble and the programs into build/bin/
 #   make test            build everything and run every test (alias: check)
+#   make test-aarch64    cross-build the kernel tests for aarch64 and run them
+#                        under qemu (part of make test when installed)
 #   make run             build, then open nib's chat on the default model
 #   make bench           print benchmark figures (asserts nothing)
 #   make install         install into $(DESTDIR)$(PREFIX)
@@ -69,19 +71,22 @@ ifneq ($(filter aarch64%,$(ARCH)),)
 LIB_SRC += $(sort $(wildcard core/kernels/*_neon.c))
 endif
 TOOL_SRC := $(sort $(wildcard core/tools/*.c))
+DAEMON_SRC := $(sort $(wildcard core/daemon/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TESTUTIL_SRC := tests/testutil.c tests/gguf_builder.c
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/obj/%.o)
 TESTUTIL_OBJ := $(TESTUTIL_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 LIBNIBBLE := $(BUILD)/lib/libnibble.a
 NIBBLE := $(BUILD)/bin/nibble
-PROGRAMS := $(NIBBLE)
+NIBD := $(BUILD)/bin/nibd
+PROGRAMS := $(NIBBLE) $(NIBD)
 
-.PHONY: all test check bench run install uninstall clean
+.PHONY: all test check test-aarch64 kernel-tests bench run install uninstall clean
 .DEFAULT_GOAL := all
 
 all: $(PROGRAMS)
@@ -94,8 +99,10 @@ $(BUILD)/obj/%.o: %.c
 # SIMD variants are compiled for their instruction set and only called after
 # the CPU has been checked at run time (core/kernels/dispatch.c).
 $(BUILD)/obj/core/kernels/%_avx2.o: FINAL_CFLAGS += -mavx2 -mfma -mf16c
+$(BUILD)/obj/core/kernels/%_dotprod_neon.o: FINAL_CFLAGS += -march=armv8.2-a+dotprod
 
 $(BUILD)/obj/core/tools/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS)
+$(BUILD)/obj/core/daemon/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS)
 $(BUILD)/obj/tests/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS) -Wno-missing-prototypes
 
 $(LIBNIBBLE): $(LIB_OBJ)
@@ -108,6 +115,11 @@ $(NIBBLE): $(TOOL_OBJ) $(LIBNIBBLE)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $(TOOL_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
 
+$(NIBD): $(DAEMON_OBJ) $(LIBNIBBLE)
+	$(call say,LINK,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $(DAEMON_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
+
 # ------------------------------------------------------------------ tests
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
 	$(call say,LINK,$@)
@@ -118,6 +130,44 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
 # through NIBBLE_TEST_DATA (default ../shared beside the checkout).
 test check: all $(TEST_BIN)
 	@NIBBLE_BIN=$(abspath $(BUILD)/bin) NIBBLE_SRC=$(CURDIR) ./tests/run-tests $(TEST_BIN)
+ifeq ($(filter aarch64%,$(ARCH))$(SANITIZE),)
+	@$(MAKE) --no-print-directory test-aarch64 AARCH64_OPTIONAL=1
+endif
+
+# The NEON kernels, tested on any machine: the library, nibble and the
+# kernel tests cross-compiled into build/aarch64/ and run under qemu-user.
+# Needs Debian's gcc-aarch64-linux-gnu and qemu-user, and cmocka and
+# jansson for arm64 (multiarch: libcmocka-dev:arm64 libjansson-dev:arm64,
+# see .ci/run).  qemu's "max" CPU has the dot-product extension, and
+# test_simd runs itself again with NIBBLE_KERNELS=neon, so both NEON
+# variants are checked.  No -L: the arm64 libraries and their loader are
+# installed under / by multiarch, and pairing them with the cross
+# toolchain's loader in /usr/aarch64-linux-gnu hangs threaded programs.
+# NIBBLE_TEST_RUNNER makes run-tests and the tests' own child processes
+# go through qemu too.
+AARCH64_CC = aarch64-linux-gnu-gcc
+AARCH64_AR = aarch64-linux-gnu-ar
+QEMU_AARCH64 = qemu-aarch64 -cpu max
+AARCH64_BUILD = build/aarch64
+KERNEL_TESTS := $(wildcard tests/test_kernels.c tests/test_simd.c tests/test_kquant_simd.c \
+	tests/test_threads.c)
+
+# nibble and the kernel-level tests only (what the cross build makes).
+kernel-tests: $(NIBBLE) $(KERNEL_TESTS:tests/%.c=$(BUILD)/tests/%)
+	@:
+
+test-aarch64:
+	@if ! command -v $(AARCH64_CC) >/dev/null || ! command -v $(firstword $(QEMU_AARCH64)) >/dev/null || \
+	    [ "$$($(AARCH64_CC) -print-file-name=libcmocka.so)" = libcmocka.so ] || \
+	    [ "$$($(AARCH64_CC) -print-file-name=libjansson.so)" = libjansson.so ]; then \
+		echo "skipped: no aarch64 cross toolchain ($(AARCH64_CC), $(firstword $(QEMU_AARCH64)), libcmocka-dev:arm64, libjansson-dev:arm64)"; \
+		exit $(if $(AARCH64_OPTIONAL),0,1); \
+	fi
+	@$(MAKE) --no-print-directory BUILD=$(AARCH64_BUILD) CC=$(AARCH64_CC) AR=$(AARCH64_AR) \
+		PKG_CONFIG=false NATIVE=0 DEBUG=0 SANITIZE= kernel-tests
+	@echo "aarch64 (under $(QEMU_AARCH64)):"
+	@NIBBLE_TEST_RUNNER="$(QEMU_AARCH64)" NIBBLE_BIN=$(abspath $(AARCH64_BUILD)/bin) NIBBLE_SRC=$(CURDIR) \
+		./tests/run-tests $(KERNEL_TESTS:tests/%.c=$(AARCH64_BUILD)/tests/%)
 
 # Figures only; nothing here asserts a time.  The models are generated
 # here (a random-weight TinyLlama-1.1B shape, quantized) and kept in
@@ -172,7 +222,7 @@ uninstall:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
 
 # Keep test objects: they are intermediates of the test binaries.
-.SECONDARY: $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.o)
+.SECONDARY: $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.o) $(TESTUTIL_OBJ)

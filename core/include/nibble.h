@@ -407,6 +407,41 @@ NB_API int nb_stopper_feed(nb_stopper *s, const char *text, size_t len, const ch
 /* At the end of generation: the held-back text, which matched nothing. */
 NB_API void nb_stopper_flush(nb_stopper *s, const char **emit, size_t *emit_len);
 
+/* ------------------------------------------------------------------ */
+/* Configuration shared by nibd, nib and the editor plugin             */
+
+/* $XDG_CONFIG_HOME/nibble/config (default ~/.config/nibble/config): lines
+ * of "key = value", '#' comments.  Keys: model, threads, ctx_size, slots,
+ * keep_alive (seconds, -1 = never), log_level (error, warn, info, debug),
+ * socket, nibd (the daemon program to start), template, system,
+ * history_size. */
+typedef struct nb_config {
+    char model[4096];
+    int threads;          /* 0: physical cores */
+    int ctx_size;         /* 0: the model's, at most 4096 */
+    int slots;            /* default 4 */
+    double keep_alive;    /* default 300; -1 never */
+    char log_level[16];   /* default "info" */
+    char socket[4096];    /* "" = nb_socket_path() */
+    char nibd[4096];      /* "" = nibd beside the program, then in PATH */
+    char chat_template[64];
+    char system[4096];
+    int history_size;     /* default 1000 */
+} nb_config;
+
+NB_API void nb_config_defaults(nb_config *c);
+/* Read path (NULL: the default file) over the values already in c.  A
+ * missing file is fine.  NB_ERR_INVALID with "file:line: ..." for unknown
+ * keys and bad values; NB_ERR_IO when it cannot be read. */
+NB_API nb_status nb_config_load(nb_config *c, const char *path, char *err, size_t errlen);
+NB_API nb_status nb_config_path(char *buf, size_t cap);
+/* The daemon's socket: $XDG_RUNTIME_DIR/nibble/nibd.sock, or
+ * /tmp/nibble-$UID/nibd.sock without XDG_RUNTIME_DIR. */
+NB_API nb_status nb_socket_path(char *buf, size_t cap);
+
+/* The kernel set in use: "ref", "avx2" or "neon". */
+NB_API const char *nb_kernels_level(void);
+
 #ifdef __cplusplus
 }
 #endif

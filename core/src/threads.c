@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,8 +32,12 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/* Spins before a worker sleeps: roughly 50-200 microseconds. */
-#define SPIN_ITERATIONS 20000
+/* A waiting thread first spins (a few microseconds: the next job is usually
+ * that close), then yields its core (when the machine is busier than our
+ * thread count, the thread we wait for may need it), and a worker finally
+ * sleeps after roughly a millisecond without work. */
+#define SPIN_PAUSES 2000
+#define SPIN_YIELDS 2000
 
 struct nbi_pool {
     int n;                      /* threads including the caller */
@@ -63,8 +68,12 @@ static void *worker(void *vp)
         int spins = 0;
         unsigned g;
         while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop)) {
-            if (++spins < SPIN_ITERATIONS) {
+            if (++spins < SPIN_PAUSES) {
                 cpu_relax();
+                continue;
+            }
+            if (spins < SPIN_PAUSES + SPIN_YIELDS) {
+                sched_yield();
                 continue;
             }
             /* Announce the sleep before re-checking: the runner bumps gen
@@ -158,8 +167,12 @@ void nbi_pool_run(nbi_pool *p, nbi_task_fn fn, void *arg)
         pthread_mutex_unlock(&p->mu);
     }
     fn(arg, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-        cpu_relax();
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < SPIN_PAUSES)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
 
 /* Physical cores: count distinct core_cpus_list (or thread_siblings_list)

@@ -31,6 +31,11 @@ const char *nb_version(void)
     return NB_VERSION;
 }
 
+const char *nb_kernels_level(void)
+{
+    return nbi_kernels_get()->level;
+}
+
 nb_status nbi_err(char *err, size_t errlen, nb_status st, const char *fmt, ...)
 {
     if (err && errlen) {
