@@ -211,7 +211,8 @@ static void handle_line(conn *c, const char *line, size_t len)
         int found = 0;
         pthread_mutex_lock(&c->mu);
         for (int i = 0; i < c->n_jobs; i++)
-            if (c->jobs[i]->req.id && json_equal(c->jobs[i]->req.id, req.target)) {
+            if (c->jobs[i]->req.id && json_equal(c->jobs[i]->req.id, req.target) &&
+                !atomic_load(&c->jobs[i]->finished)) {
                 atomic_store(&c->jobs[i]->cancelled, 1);
                 found = 1;
             }
@@ -240,6 +241,7 @@ static void handle_line(conn *c, const char *line, size_t len)
     job->req = req;
     job->sink = &c->sink;
     atomic_init(&job->cancelled, 0);
+    atomic_init(&job->finished, 0);
     pthread_mutex_lock(&c->mu);
     int full = c->n_jobs >= MAX_JOBS_PER_CONN;
     if (!full) {
@@ -750,6 +752,10 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* the daemon moves to / and outlives the shell: no relative paths */
+    char model_abs[PATH_MAX];
+    if (realpath(o.model, model_abs))
+        o.model = model_abs;
     int ready = -1;
     if (do_daemonize && daemonize(err, sizeof err, &ready)) {
         fprintf(stderr, "nibd: %s\n", err);

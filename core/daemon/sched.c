@@ -115,8 +115,11 @@ static void emit(nbd_job *job, char *line)
         job->sink->emit(job->sink, line);
 }
 
-static void finish_job(nbd_job *job)
+/* Send a job's last event and let it go. */
+static void finish_job(nbd_job *job, char *final)
 {
+    atomic_store(&job->finished, 1);
+    emit(job, final);
     job->sink->release(job->sink, job);
     nbd_request_free(&job->req);
     free(job);
@@ -124,15 +127,13 @@ static void finish_job(nbd_job *job)
 
 static void fail_job(nbd_job *job, const char *code, const char *msg)
 {
-    emit(job, nbd_event_error(job->req.id, code, msg));
-    finish_job(job);
+    finish_job(job, nbd_event_error(job->req.id, code, msg));
 }
 
 static void cancel_job(nbd_job *job)
 {
-    emit(job, nbd_event_object(job->req.id, json_pack("{s:b, s:s}", "done", 1, "stop_reason",
-                                                      "cancelled")));
-    finish_job(job);
+    finish_job(job, nbd_event_object(job->req.id, json_pack("{s:b, s:s}", "done", 1,
+                                                            "stop_reason", "cancelled")));
 }
 
 /* ------------------------------------------------------------------ model */
@@ -305,10 +306,9 @@ static void finish_slot(nbd_sched *s, slot *sl, const char *reason)
                           timings);
     if (o && !job->req.stream)
         json_object_set_new(o, "text", json_stringn(sl->text ? sl->text : "", sl->text_len));
-    emit(job, nbd_event_object(job->req.id, o));
     nbd_log(3, "slot %d: %s after %d prompt (%d cached) and %d generated tokens", sl->id, reason,
             sl->n_prompt, sl->n_cached, sl->n_generated);
-    finish_job(job);
+    finish_job(job, nbd_event_object(job->req.id, o));
     slot_clear_request(sl);
     s->t_active = now_s();
 }
@@ -561,9 +561,7 @@ static void run_pass(nbd_sched *s)
         if (st == NB_ERR_CANCELLED)
             return; /* stopping: the caller cancels everything */
         for (int i = 0; i < n_items; i++) {
-            emit(who[i]->job, nbd_event_error(who[i]->job->req.id, NBD_E_INTERNAL,
-                                              nb_ctx_errmsg(s->ws)));
-            finish_job(who[i]->job);
+            fail_job(who[i]->job, NBD_E_INTERNAL, nb_ctx_errmsg(s->ws));
             slot_clear_request(who[i]);
         }
         return;
@@ -604,9 +602,10 @@ static void quick_job(nbd_sched *s, nbd_job *job)
         for (int64_t i = 0; i < need; i++)
             json_array_append_new(arr, json_integer(t[i]));
         free(t);
-        emit(job, nbd_event_object(r->id, json_pack("{s:o}", "tokens", arr)));
+        finish_job(job, nbd_event_object(r->id, json_pack("{s:o}", "tokens", arr)));
+        return;
     }
-    finish_job(job);
+    finish_job(job, NULL);
 }
 
 static int any_busy(const nbd_sched *s)

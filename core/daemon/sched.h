@@ -34,6 +34,7 @@ typedef struct nbd_job {
     nbd_request req;       /* owned */
     nbd_sink *sink;
     atomic_int cancelled;
+    atomic_int finished;   /* its final event is on its way: no longer cancellable */
     double t_queued;
     struct nbd_job *next;  /* scheduler queue */
 } nbd_job;

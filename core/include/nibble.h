@@ -439,6 +439,41 @@ NB_API nb_status nb_config_path(char *buf, size_t cap);
  * /tmp/nibble-$UID/nibd.sock without XDG_RUNTIME_DIR. */
 NB_API nb_status nb_socket_path(char *buf, size_t cap);
 
+/* ------------------------------------------------------------------ */
+/* Client of nibd (doc/protocol.md)                                    */
+
+typedef struct nb_client nb_client;
+
+typedef struct nb_client_params {
+    const char *socket;    /* NULL: the config file's, else nb_socket_path() */
+    int autostart;         /* 1 (default): when nothing answers, start nibd */
+    const char *model;     /* for a started nibd: NULL = $NIBBLE_MODEL, then the
+                              config file's model */
+    const char *nibd;      /* program: NULL = the config's, else nibd beside the
+                              running program, else from PATH */
+    const char *const *nibd_args; /* extra arguments for it, NULL-terminated */
+    int timeout_ms;        /* wait for a started daemon's socket (default 10000) */
+} nb_client_params;
+
+NB_API nb_client_params nb_client_default_params(void);
+/* Connect (starting nibd --daemonize when nothing answers and autostart is
+ * set; a lost race with another client starting it is fine).  Errors name
+ * the socket, or carry nibd's own message when it could not start. */
+NB_API nb_status nb_client_connect(const nb_client_params *p, nb_client **out, char *err,
+                                   size_t errlen);
+/* The connection's descriptor, readable when events arrive: for poll(),
+ * libuv and the like. */
+NB_API int nb_client_fd(const nb_client *c);
+/* Send one request line (a newline is added when missing).  Blocks until
+ * written; NB_ERR_IO when the daemon has gone. */
+NB_API nb_status nb_client_send(nb_client *c, const char *line, size_t len);
+/* The next event line, without its newline, in *line (malloc'd; the caller
+ * frees it).  timeout_ms < 0 waits as long as it takes; 0 only takes what
+ * has arrived.  NB_OK with *line = NULL: nothing complete yet.  NB_ERR_IO:
+ * the daemon closed the connection. */
+NB_API nb_status nb_client_read(nb_client *c, char **line, size_t *len, int timeout_ms);
+NB_API void nb_client_close(nb_client *c);
+
 /* The kernel set in use: "ref", "avx2" or "neon". */
 NB_API const char *nb_kernels_level(void);
 

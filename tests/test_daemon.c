@@ -1,0 +1,726 @@
+/*
+ * test_daemon.c - nibd end to end: a real daemon on a private socket,
+ * driven through the client library.  Covers agreement with nibble eval,
+ * concurrency, prefix reuse, cancellation, bad input, start-up and
+ * permissions, keep-alive, signals, and client auto-start.
+ */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nibble.h"
+
+typedef struct daemon_t {
+    pid_t pid;
+    char dir[40];
+    char sock[64];
+} daemon_t;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static char *model(const char *name)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "models/%s", name);
+    return nbt_data_path(rel);
+}
+
+static nb_client *connect_to(const char *sock)
+{
+    nb_client_params p = nb_client_default_params();
+    p.socket = sock;
+    p.autostart = 0;
+    nb_client *c = NULL;
+    char err[512];
+    if (nb_client_connect(&p, &c, err, sizeof err))
+        return NULL;
+    return c;
+}
+
+/* Start nibd on a private socket with extra arguments; wait for it. */
+static void start(daemon_t *d, const char *model_path, const char *const *extra)
+{
+    snprintf(d->dir, sizeof d->dir, "/tmp/nibd-test-XXXXXX");
+    assert_non_null(mkdtemp(d->dir));
+    snprintf(d->sock, sizeof d->sock, "%s/run/nibd.sock", d->dir);
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = nbt_bin("nibd");
+    argv[n++] = "-m";
+    argv[n++] = model_path;
+    argv[n++] = "--socket";
+    argv[n++] = d->sock;
+    argv[n++] = "--config";
+    argv[n++] = "/dev/null";
+    argv[n++] = "-t";
+    argv[n++] = "2";
+    for (int i = 0; extra && extra[i]; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", argv[0]);
+    argv[0] = bin;
+    d->pid = fork();
+    if (d->pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        if (!getenv("NIBBLE_TEST_VERBOSE")) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    double deadline = now_ms() + 10000;
+    nb_client *c;
+    while (!(c = connect_to(d->sock))) {
+        int status;
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid)
+            fail_msg("nibd exited at start-up (status %d)", status);
+        if (now_ms() > deadline)
+            fail_msg("nibd did not start");
+        usleep(10000);
+    }
+    nb_client_close(c);
+}
+
+static int stop(daemon_t *d)
+{
+    int status = -1;
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        waitpid(d->pid, &status, 0);
+        d->pid = 0;
+    }
+    char run[160];
+    snprintf(run, sizeof run, "%s/run", d->dir);
+    rmdir(run);
+    rmdir(d->dir);
+    return status;
+}
+
+static void send_json(nb_client *c, const char *fmt, ...)
+{
+    char buf[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    assert_int_equal(nb_client_send(c, buf, strlen(buf)), NB_OK);
+}
+
+static json_t *next_event(nb_client *c, int timeout_ms)
+{
+    char *line;
+    nb_status st = nb_client_read(c, &line, NULL, timeout_ms);
+    if (st || !line)
+        return NULL;
+    json_t *j = json_loads(line, 0, NULL);
+    if (!j)
+        fail_msg("not JSON: %s", line);
+    free(line);
+    return j;
+}
+
+/* Read events until the final one; returns it and the streamed text. */
+static json_t *finish(nb_client *c, char **text)
+{
+    size_t cap = 1 << 16, len = 0;
+    char *t = calloc(1, cap);
+    for (;;) {
+        json_t *e = next_event(c, 30000);
+        if (!e)
+            fail_msg("no final event");
+        if (json_is_true(json_object_get(e, "done"))) {
+            if (text)
+                *text = t;
+            else
+                free(t);
+            return e;
+        }
+        const char *piece = json_string_value(json_object_get(e, "text"));
+        if (piece) {
+            size_t n = strlen(piece);
+            assert_true(len + n < cap);
+            memcpy(t + len, piece, n + 1);
+            len += n;
+        }
+        json_decref(e);
+    }
+}
+
+static const char *str(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static long long num(json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
+/* ------------------------------------------------------------------ agreement */
+
+static char *eval_text(const char *m, const char *prompt, int n)
+{
+    char ns[16];
+    snprintf(ns, sizeof ns, "%d", n);
+    char *argv[] = {(char *)nbt_bin("nibble"), "eval", "-m", (char *)m, "-p", (char *)prompt,
+                    "--greedy", ns, "--json", NULL};
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", argv[0]);
+    argv[0] = bin;
+    char *out, *err;
+    assert_int_equal(nbt_run(argv, &out, &err, 60), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    char *text = strdup(str(j, "text"));
+    json_decref(j);
+    free(out), free(err);
+    return text;
+}
+
+static void test_agreement(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    const char *models[] = {"stories260K.gguf", "stories260K-wide-q4_k_m.gguf"};
+    const char *prompts[] = {"Once upon a time", "The little dog was sad because",
+                             "Lily and Tom went to the park. They"};
+    for (int mi = 0; mi < 2; mi++) {
+        char *m = model(models[mi]);
+        daemon_t d;
+        start(&d, m, NULL);
+        nb_client *c = connect_to(d.sock);
+        for (int pi = 0; pi < 3; pi++) {
+            char *want = eval_text(m, prompts[pi], 40);
+            send_json(c, "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"%s\",\"n_predict\":40,"
+                         "\"temperature\":0}", pi, prompts[pi]);
+            char *got;
+            json_t *fin = finish(c, &got);
+            assert_int_equal(num(fin, "id"), pi);
+            assert_string_equal(got, want);
+            json_decref(fin);
+            free(got), free(want);
+        }
+        nb_client_close(c);
+        assert_int_equal(stop(&d), 0);
+        free(m);
+    }
+}
+
+/* ------------------------------------------------------------------ concurrency */
+
+static void test_concurrency(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K-wide-q8_0.gguf");
+    daemon_t d;
+    start(&d, m, NULL);
+    const char *req[2] = {
+        "{\"op\":\"complete\",\"id\":\"a\",\"prompt\":\"Once upon a time\",\"n_predict\":60,"
+        "\"seed\":11,\"temperature\":0.9}",
+        "{\"op\":\"complete\",\"id\":\"b\",\"prompt\":\"The cat\",\"n_predict\":60,\"seed\":22,"
+        "\"temperature\":0.9}"};
+    char *alone[2];
+    for (int i = 0; i < 2; i++) {
+        nb_client *c = connect_to(d.sock);
+        assert_int_equal(nb_client_send(c, req[i], strlen(req[i])), NB_OK);
+        json_decref(finish(c, &alone[i]));
+        nb_client_close(c);
+    }
+    /* both at once, on two connections, reading them interleaved */
+    nb_client *c[2] = {connect_to(d.sock), connect_to(d.sock)};
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(nb_client_send(c[i], req[i], strlen(req[i])), NB_OK);
+    char *both[2] = {calloc(1, 1 << 16), calloc(1, 1 << 16)};
+    int done[2] = {0, 0}, interleaved = 0, last = -1;
+    while (!done[0] || !done[1]) {
+        for (int i = 0; i < 2; i++) {
+            if (done[i])
+                continue;
+            json_t *e = next_event(c[i], 10);
+            if (!e)
+                continue;
+            if (json_is_true(json_object_get(e, "done"))) {
+                assert_string_equal(str(e, "stop_reason"), "length");
+                done[i] = 1;
+            } else {
+                strcat(both[i], str(e, "text"));
+                interleaved += last >= 0 && last != i;
+                last = i;
+            }
+            json_decref(e);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(both[i], alone[i]);
+        free(both[i]), free(alone[i]);
+        nb_client_close(c[i]);
+    }
+    /* both made progress during the other's stream */
+    assert_true(interleaved > 2);
+    assert_int_equal(stop(&d), 0);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ reuse */
+
+static void test_prefix_reuse(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    daemon_t d;
+    start(&d, m, NULL);
+    nb_client *c = connect_to(d.sock);
+    const char *first = "One day, a big bird flew over the house.";
+    send_json(c, "{\"op\":\"tokenize\",\"text\":\"%s\"}", first);
+    json_t *tok = next_event(c, 5000);
+    long long n1 = (long long)json_array_size(json_object_get(tok, "tokens"));
+    json_decref(tok);
+    /* n_predict 0 evaluates the prompt only: the cache holds exactly it */
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"%s\",\"n_predict\":0}", first);
+    json_t *f1 = finish(c, NULL);
+    assert_int_equal(num(f1, "n_generated"), 0);
+    assert_int_equal(num(f1, "n_cached"), 0);
+    assert_int_equal(num(f1, "n_evaluated"), n1);
+    json_decref(f1);
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"%s The bird was happy.\",\"n_predict\":3,"
+                 "\"temperature\":0}", first);
+    json_t *f2 = finish(c, NULL);
+    assert_int_equal(num(f2, "n_cached"), n1);
+    assert_int_equal(num(f2, "n_evaluated"), num(f2, "n_prompt") - n1);
+    assert_true(num(f2, "n_evaluated") > 0);
+    json_decref(f2);
+    /* sessions keep their own slot; status shows what is cached */
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"Tom\",\"n_predict\":2,\"session\":\"s1\"}");
+    json_decref(finish(c, NULL));
+    send_json(c, "{\"op\":\"status\",\"id\":9}");
+    json_t *st = next_event(c, 5000);
+    assert_int_equal(num(st, "id"), 9);
+    assert_true(json_is_true(json_object_get(st, "loaded")));
+    assert_int_equal(json_array_size(json_object_get(st, "slots")), 4);
+    int found = 0;
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(st, "slots"), i, s)
+    {
+        if (!strcmp(str(s, "session"), "s1")) {
+            found = 1;
+            assert_true(num(s, "n_cached") >= 2);
+        }
+    }
+    assert_true(found);
+    assert_non_null(str(st, "simd"));
+    json_decref(st);
+    nb_client_close(c);
+    assert_int_equal(stop(&d), 0);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ cancel */
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("llama-2-tiny-random.gguf");
+    const char *extra[] = {"-c", "100000", NULL};
+    daemon_t d;
+    start(&d, m, extra);
+    nb_client *c = connect_to(d.sock);
+    send_json(c, "{\"op\":\"complete\",\"id\":5,\"prompt\":\"hello\",\"n_predict\":-1,"
+                 "\"ignore_eos\":true}");
+    /* wait until it streams */
+    json_t *e = next_event(c, 10000);
+    assert_non_null(e);
+    json_decref(e);
+    double t0 = now_ms();
+    send_json(c, "{\"op\":\"cancel\",\"id\":6,\"target\":5}");
+    int ok_seen = 0;
+    json_t *fin = NULL;
+    while (!fin) {
+        e = next_event(c, 5000);
+        assert_non_null(e);
+        if (num(e, "id") == 6) {
+            assert_true(json_is_true(json_object_get(e, "ok")));
+            ok_seen = 1;
+            json_decref(e);
+        } else if (json_is_true(json_object_get(e, "done"))) {
+            fin = e;
+        } else {
+            json_decref(e);
+        }
+    }
+    double ms = now_ms() - t0;
+    assert_string_equal(str(fin, "stop_reason"), "cancelled");
+    printf("    cancelled %.1f ms after the request\n", ms);
+    assert_true(ms < 100);
+    json_decref(fin);
+    if (!ok_seen) {
+        e = next_event(c, 5000);
+        assert_true(json_is_true(json_object_get(e, "ok")));
+        json_decref(e);
+    }
+    /* cancelling what is not running says so */
+    send_json(c, "{\"op\":\"cancel\",\"target\":5}");
+    e = next_event(c, 5000);
+    assert_true(json_is_false(json_object_get(e, "ok")));
+    json_decref(e);
+    nb_client_close(c);
+
+    /* a client killed mid-stream: the daemon goes on serving others */
+    pid_t kid = fork();
+    if (kid == 0) {
+        nb_client *k = connect_to(d.sock);
+        const char *r = "{\"op\":\"complete\",\"prompt\":\"hello\",\"n_predict\":-1,\"ignore_eos\":true}\n";
+        nb_client_send(k, r, strlen(r));
+        char *line;
+        nb_client_read(k, &line, NULL, 10000);
+        pause();
+        _exit(0);
+    }
+    usleep(200000);
+    kill(kid, SIGKILL);
+    waitpid(kid, NULL, 0);
+    c = connect_to(d.sock);
+    assert_non_null(c);
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"hi\",\"n_predict\":5}");
+    json_t *f = finish(c, NULL);
+    assert_string_equal(str(f, "stop_reason"), "length");
+    json_decref(f);
+    /* and the killed client's slot was freed */
+    send_json(c, "{\"op\":\"status\"}");
+    e = next_event(c, 5000);
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(e, "slots"), i, s) assert_false(json_is_true(json_object_get(s, "busy")));
+    json_decref(e);
+    nb_client_close(c);
+    assert_int_equal(stop(&d), 0);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ bad input */
+
+static void expect_error(nb_client *c, const char *code)
+{
+    json_t *e = next_event(c, 5000);
+    if (!e)
+        fail_msg("no reply (expected %s)", code);
+    assert_string_equal(str(e, "stop_reason"), "error");
+    if (strcmp(str(e, "error"), code))
+        fail_msg("error %s (%s), expected %s", str(e, "error"), str(e, "message"), code);
+    assert_true(strlen(str(e, "message")) > 0);
+    json_decref(e);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    const char *extra[] = {"-c", "32", NULL};
+    daemon_t d;
+    start(&d, m, extra);
+    nb_client *c = connect_to(d.sock);
+    const char *bad[][2] = {
+        {"this is not json", "invalid_json"},
+        {"[1,2,3]", "invalid_json"},
+        {"{\"op\":\"frobnicate\"}", "unknown_op"},
+        {"{\"prompt\":\"x\"}", "unknown_op"},
+        {"{\"op\":\"complete\",\"prompt\":42}", "invalid_request"},
+        {"{\"op\":\"complete\",\"prompt\":\"x\",\"temperature\":\"hot\"}", "invalid_request"},
+        {"{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":-5}", "invalid_request"},
+        {"{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":99999999999}", "invalid_request"},
+        {"{\"op\":\"complete\",\"prompt\":\"x\",\"stop\":[1]}", "invalid_request"},
+        {"{\"op\":\"complete\",\"tokens\":[1,999999]}", "invalid_request"},
+        {"{\"op\":\"complete\",\"tokens\":[1,-2]}", "invalid_request"},
+        {"{\"op\":\"complete\",\"prompt\":\"one two three four five six seven eight nine ten "
+         "eleven twelve thirteen fourteen fifteen sixteen seventeen\"}", "context_full"},
+        {"{\"op\":\"infill\",\"prefix\":\"a\",\"suffix\":\"b\"}", "unsupported"},
+        {"{\"op\":\"chat\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
+         "invalid_request"},
+        {"{\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"template\":\"jinja\"}", "invalid_request"},
+        {"{\"op\":\"cancel\"}", "invalid_request"},
+        {"{\"op\":\"status\",\"id\":[1]}", "invalid_request"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(nb_client_send(c, bad[i][0], strlen(bad[i][0])), NB_OK);
+        expect_error(c, bad[i][1]);
+    }
+    /* the connection still works */
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_decref(finish(c, NULL));
+    nb_client_close(c);
+
+    /* a 100 MB line hits the frame cap: an error, then the connection closes */
+    c = connect_to(d.sock);
+    size_t big = 100u << 20;
+    char *huge = malloc(big);
+    memset(huge, 'x', big);
+    huge[0] = '"';
+    nb_client_send(c, huge, big); /* may fail half-way once the daemon closes */
+    free(huge);
+    expect_error(c, "frame_too_large");
+    char *line;
+    assert_int_equal(nb_client_read(c, &line, NULL, 5000), NB_ERR_IO);
+    nb_client_close(c);
+
+    /* the daemon is still up for the next client */
+    c = connect_to(d.sock);
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_t *f = finish(c, NULL);
+    assert_string_equal(str(f, "stop_reason"), "length");
+    json_decref(f);
+    nb_client_close(c);
+    assert_int_equal(stop(&d), 0);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ start-up */
+
+static void test_startup_and_permissions(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    daemon_t d;
+    start(&d, m, NULL);
+    struct stat st;
+    assert_int_equal(stat(d.sock, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    char run[160];
+    snprintf(run, sizeof run, "%s/run", d.dir);
+    assert_int_equal(stat(run, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+
+    /* a second daemon on the same socket refuses, saying why */
+    char *argv[] = {(char *)nbt_bin("nibd"), "-m", m, "--socket", d.sock, "--config", "/dev/null", NULL};
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", argv[0]);
+    argv[0] = bin;
+    char *out, *err;
+    assert_int_equal(nbt_run(argv, &out, &err, 20), 1);
+    assert_non_null(strstr(err, "already"));
+    free(out), free(err);
+    /* and the first still answers */
+    nb_client *c = connect_to(d.sock);
+    assert_non_null(c);
+    nb_client_close(c);
+
+    /* another user is refused even when the file system would let it in */
+    if (getuid() == 0) {
+        struct passwd *pw = getpwnam("nobody");
+        assert_non_null(pw);
+        chmod(d.dir, 0755);
+        chmod(run, 0755);
+        chmod(d.sock, 0666);
+        pid_t kid = fork();
+        if (kid == 0) {
+            if (setgid(pw->pw_gid) || setuid(pw->pw_uid))
+                _exit(3);
+            int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+            struct sockaddr_un sa = {.sun_family = AF_UNIX};
+            snprintf(sa.sun_path, sizeof sa.sun_path, "%s", d.sock);
+            if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+                _exit(4); /* the test wants the daemon's check, not the file's */
+            const char *r = "{\"op\":\"status\"}\n";
+            if (write(fd, r, strlen(r)) < 0)
+                (void)0;
+            char buf[64];
+            ssize_t n = read(fd, buf, sizeof buf);
+            _exit(n <= 0 ? 0 : 5); /* closed (or reset) without a reply */
+        }
+        int status;
+        waitpid(kid, &status, 0);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        chmod(d.sock, 0600);
+        chmod(run, 0700);
+        /* the daemon refused that one and serves us still */
+        c = connect_to(d.sock);
+        send_json(c, "{\"op\":\"status\"}");
+        json_t *st2 = next_event(c, 5000);
+        assert_non_null(st2);
+        json_decref(st2);
+        nb_client_close(c);
+    } else {
+        printf("    skipped the other-user check: it needs root to become nobody\n");
+    }
+
+    /* SIGTERM: exit 0 and no socket left */
+    int status = stop(&d);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(access(d.sock, F_OK), -1);
+
+    /* a model that cannot load stops start-up with a message */
+    assert_int_equal(mkdir(d.dir, 0700), 0);
+    char *argv2[] = {bin, "-m", "/nonexistent.gguf", "--socket", d.sock, "--config", "/dev/null", NULL};
+    assert_int_equal(nbt_run(argv2, &out, &err, 20), 1);
+    assert_non_null(strstr(err, "/nonexistent.gguf"));
+    free(out), free(err);
+    assert_int_equal(access(d.sock, F_OK), -1); /* nothing left behind */
+    rmdir(run);
+    rmdir(d.dir);
+    char *argv3[] = {bin, "--slots", "0", NULL};
+    assert_int_equal(nbt_run(argv3, &out, &err, 20), 2);
+    free(out), free(err);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ keep-alive */
+
+static void test_keep_alive(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    const char *extra[] = {"-k", "0.3", NULL};
+    daemon_t d;
+    start(&d, m, extra);
+    nb_client *c = connect_to(d.sock);
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_decref(finish(c, NULL));
+    usleep(800000);
+    send_json(c, "{\"op\":\"status\"}");
+    json_t *st = next_event(c, 5000);
+    assert_true(json_is_false(json_object_get(st, "loaded")));
+    assert_int_equal(num(st, "loads"), 1);
+    json_decref(st);
+    /* the next request loads the weights again, transparently */
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_t *f = finish(c, NULL);
+    assert_string_equal(str(f, "stop_reason"), "length");
+    json_decref(f);
+    send_json(c, "{\"op\":\"status\"}");
+    st = next_event(c, 5000);
+    assert_true(json_is_true(json_object_get(st, "loaded")));
+    assert_int_equal(num(st, "loads"), 2);
+    json_decref(st);
+    nb_client_close(c);
+    assert_int_equal(stop(&d), 0);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ shutdown */
+
+static void test_shutdown_cancels(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("llama-2-tiny-random.gguf");
+    const char *extra[] = {"-c", "100000", NULL};
+    daemon_t d;
+    start(&d, m, extra);
+    nb_client *c = connect_to(d.sock), *c2 = connect_to(d.sock);
+    send_json(c, "{\"op\":\"complete\",\"id\":1,\"prompt\":\"hello\",\"n_predict\":-1,\"ignore_eos\":true}");
+    json_decref(next_event(c, 10000));
+    send_json(c2, "{\"op\":\"shutdown\"}");
+    json_t *ok = next_event(c2, 5000);
+    assert_true(json_is_true(json_object_get(ok, "ok")));
+    json_decref(ok);
+    json_t *f = finish(c, NULL);
+    assert_string_equal(str(f, "stop_reason"), "cancelled");
+    json_decref(f);
+    int status;
+    waitpid(d.pid, &status, 0);
+    d.pid = 0;
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(access(d.sock, F_OK), -1);
+    nb_client_close(c);
+    nb_client_close(c2);
+    stop(&d);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ client */
+
+static void test_autostart(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("stories260K.gguf");
+    char dir[] = "/tmp/nibd-auto-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char sock[128];
+    snprintf(sock, sizeof sock, "%s/nibd.sock", dir);
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nibd"));
+    const char *args[] = {"--config", "/dev/null", NULL};
+    nb_client_params p = nb_client_default_params();
+    p.socket = sock;
+    p.model = m;
+    p.nibd = bin;
+    p.nibd_args = args;
+    nb_client *c;
+    char err[512];
+    if (nb_client_connect(&p, &c, err, sizeof err))
+        fail_msg("%s", err);
+    send_json(c, "{\"op\":\"complete\",\"prompt\":\"Once upon a time\",\"n_predict\":8,\"temperature\":0}");
+    char *text;
+    json_decref(finish(c, &text));
+    assert_true(strlen(text) > 0);
+    free(text);
+    send_json(c, "{\"op\":\"shutdown\"}");
+    json_decref(next_event(c, 5000));
+    nb_client_close(c);
+    /* wait for it to go, then: no model, no daemon, a clear error */
+    for (int i = 0; i < 200 && access(sock, F_OK) == 0; i++)
+        usleep(10000);
+    p.model = NULL;
+    char *saved = getenv("NIBBLE_MODEL") ? strdup(getenv("NIBBLE_MODEL")) : NULL;
+    unsetenv("NIBBLE_MODEL");
+    setenv("XDG_CONFIG_HOME", dir, 1); /* no config file there */
+    assert_int_not_equal(nb_client_connect(&p, &c, err, sizeof err), NB_OK);
+    assert_non_null(strstr(err, "model"));
+    if (saved) {
+        setenv("NIBBLE_MODEL", saved, 1);
+        free(saved);
+    }
+    /* a daemon that cannot start: its reason reaches the caller */
+    p.model = "/nonexistent/m.gguf";
+    assert_int_not_equal(nb_client_connect(&p, &c, err, sizeof err), NB_OK);
+    assert_non_null(strstr(err, "/nonexistent/m.gguf"));
+    rmdir(dir);
+    free(m);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agreement),
+        cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_prefix_reuse),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_startup_and_permissions),
+        cmocka_unit_test(test_keep_alive),
+        cmocka_unit_test(test_shutdown_cancels),
+        cmocka_unit_test(test_autostart),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
