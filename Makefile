@@ -186,6 +186,9 @@ $(BENCH_DIR)/tinyllama-1.1b-%.gguf: $(BENCH_DIR)/tinyllama-1.1b-f16.gguf | $(NIB
 
 bench: all $(BENCH_MODELS)
 	@for m in $(BENCH_MODELS); do $(NIBBLE) bench -m $$m $(BENCH_ARGS) || exit 1; echo; done
+	@echo "nibd on $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf:"
+	@$(NIBBLE) bench --daemon -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf $(BENCH_ARGS)
+	@echo
 	@echo "scalar reference kernels, for scale (64-token prompt, 16 generated):"
 	@NIBBLE_KERNELS=ref $(NIBBLE) bench -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf -p 64 -n 16
 
@@ -205,7 +208,7 @@ run: all
 
 # ------------------------------------------------------------------ install
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(MANDIR)/man1
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(BINDIR)/
 	install -m 644 $(LIBNIBBLE) $(DESTDIR)$(LIBDIR)/
 	@printf 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: nibble\nDescription: local LLaMA-family inference\nVersion: %s\nLibs: -L$${libdir} -lnibble -lm -lpthread\nCflags: -I$${includedir}\n' \
@@ -213,11 +216,12 @@ install: all
 		"$$(sed -n 's/^#define NB_VERSION "\(.*\)"/\1/p' core/include/nibble.h)" > $(DESTDIR)$(LIBDIR)/pkgconfig/nibble.pc
 	install -m 644 core/include/nibble.h $(DESTDIR)$(INCDIR)/
 	install -m 644 doc/nibble.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 doc/nibd.8 $(DESTDIR)$(MANDIR)/man8/
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(PROGRAMS)))
 	rm -f $(DESTDIR)$(LIBDIR)/libnibble.a $(DESTDIR)$(LIBDIR)/pkgconfig/nibble.pc
-	rm -f $(DESTDIR)$(INCDIR)/nibble.h $(DESTDIR)$(MANDIR)/man1/nibble.1
+	rm -f $(DESTDIR)$(INCDIR)/nibble.h $(DESTDIR)$(MANDIR)/man1/nibble.1 $(DESTDIR)$(MANDIR)/man8/nibd.8
 
 clean:
 	rm -rf build

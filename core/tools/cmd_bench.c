@@ -40,6 +40,10 @@ static const char bench_usage[] =
     "  -n, --gen N         generated tokens for tg (default 128; 0 skips tg)\n"
     "  -r, --reps N        repetitions, best kept (default 1)\n"
     "      --json          one JSON object per thread count, one per line\n"
+    "      --daemon        instead: start nibd on the model (private socket) and\n"
+    "                      measure a request's round trip and the time to first\n"
+    "                      token after a one-character edit at the end of a\n"
+    "                      1,500-token prompt\n"
     "  -h, --help          show this help\n";
 
 static double now_s(void)
@@ -233,16 +237,165 @@ static int run_one(const nb_model *m, int threads, int n_prompt, int n_gen, int 
     return 0;
 }
 
+/* ------------------------------------------------------------------ daemon */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Send a request and wait for its final event; returns ms to the first
+ * event and to the final one, and the final event (or NULL). */
+static json_t *timed_request(nb_client *c, const char *req, double *first_ms, double *total_ms)
+{
+    double t0 = now_s();
+    if (nb_client_send(c, req, strlen(req)))
+        return NULL;
+    *first_ms = -1;
+    for (;;) {
+        char *line;
+        if (nb_client_read(c, &line, NULL, 600000) || !line)
+            return NULL;
+        if (*first_ms < 0)
+            *first_ms = (now_s() - t0) * 1e3;
+        json_t *e = json_loads(line, 0, NULL);
+        free(line);
+        if (!e)
+            return NULL;
+        json_t *done = json_object_get(e, "done");
+        if (!json_object_get(e, "text") || json_is_true(done)) {
+            if (json_is_true(done) || json_object_get(e, "tokens") || json_object_get(e, "model")) {
+                *total_ms = (now_s() - t0) * 1e3;
+                return e;
+            }
+        }
+        json_decref(e);
+    }
+}
+
+static int bench_daemon(const char *path, int threads, int json)
+{
+    char dir[] = "/tmp/nibble-bench-XXXXXX";
+    if (!mkdtemp(dir))
+        return tool_error("cannot make a temporary directory");
+    char sock[64], tstr[16];
+    snprintf(sock, sizeof sock, "%s/nibd.sock", dir);
+    snprintf(tstr, sizeof tstr, "%d", threads ? threads : nb_physical_cores());
+    const char *args[] = {"--config", "/dev/null", "-s", "2", "-k", "-1", "-t", tstr, NULL};
+    nb_client_params p = nb_client_default_params();
+    p.socket = sock;
+    p.model = path;
+    p.nibd_args = args;
+    p.timeout_ms = 120000;
+    nb_client *c;
+    char err[1024];
+    if (nb_client_connect(&p, &c, err, sizeof err)) {
+        rmdir(dir);
+        return tool_error("%s", err);
+    }
+    double first, total;
+    /* round trip: a status request, and a one-token tokenize */
+    enum { REPS = 200 };
+    double st[REPS], tk[REPS];
+    for (int i = 0; i < REPS; i++) {
+        json_decref(timed_request(c, "{\"op\":\"status\"}", &first, &st[i]));
+        json_decref(timed_request(c, "{\"op\":\"tokenize\",\"text\":\"a\"}", &first, &tk[i]));
+    }
+    qsort(st, REPS, sizeof st[0], cmp_double);
+    qsort(tk, REPS, sizeof tk[0], cmp_double);
+    /* a 1,500-token prompt: words until the tokenizer says so */
+    static const char *words[] = {"the", "model", "reads", "every", "line", "of", "source",
+                                  "code", "before", "it", "suggests", "a", "completion", "for",
+                                  "this", "function"};
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    int n_tok = 0;
+    for (int w = 0; text && n_tok < 1500; w++) {
+        len += (size_t)snprintf(text + len, cap - len, "%s%s", w ? " " : "", words[w % 16]);
+        if (w % 64 == 63 || n_tok > 1400) {
+            json_t *req = json_pack("{s:s, s:s}", "op", "tokenize", "text", text);
+            char *rs = json_dumps(req, JSON_COMPACT);
+            json_t *r = timed_request(c, rs, &first, &total);
+            n_tok = (int)json_array_size(json_object_get(r, "tokens"));
+            json_decref(r);
+            json_decref(req);
+            free(rs);
+        }
+    }
+    double cold = 0, edit_first = 0;
+    int n_cached = 0, n_eval = 0;
+    for (int round = 0; round < 2 && text; round++) {
+        /* round 0 fills the cache, round 1 is the keystroke */
+        if (round)
+            text[len++] = 'x', text[len] = 0;
+        json_t *req = json_pack("{s:s, s:s, s:i, s:f, s:s}", "op", "complete", "prompt", text,
+                                "n_predict", 1, "temperature", 0.0, "session", "bench");
+        char *rs = json_dumps(req, JSON_COMPACT);
+        json_t *r = timed_request(c, rs, &first, &total);
+        const char *why = json_string_value(json_object_get(r, "message"));
+        if (!r || why) {
+            tool_error("the daemon refused the benchmark prompt: %s", why ? why : "no reply");
+            json_decref(r);
+            json_decref(req);
+            free(rs);
+            free(text);
+            text = NULL;
+            break;
+        }
+        if (round == 0)
+            cold = total;
+        else {
+            edit_first = first;
+            n_cached = (int)json_integer_value(json_object_get(r, "n_cached"));
+            n_eval = (int)json_integer_value(json_object_get(r, "n_evaluated"));
+        }
+        json_decref(r);
+        json_decref(req);
+        free(rs);
+    }
+    int failed = !text;
+    free(text);
+    json_decref(timed_request(c, "{\"op\":\"shutdown\"}", &first, &total));
+    nb_client_close(c);
+    for (int i = 0; i < 100 && access(sock, F_OK) == 0; i++)
+        usleep(20000);
+    rmdir(dir);
+    if (failed)
+        return EXIT_ERR;
+    if (json) {
+        json_t *o = json_pack("{s:s, s:f, s:f, s:f, s:f, s:i, s:f, s:i, s:i, s:f}", "model", path,
+                              "status_rtt_us_p50", st[REPS / 2] * 1e3, "status_rtt_us_p99",
+                              st[REPS * 99 / 100] * 1e3, "tokenize_rtt_us_p50", tk[REPS / 2] * 1e3,
+                              "tokenize_rtt_us_p99", tk[REPS * 99 / 100] * 1e3, "prompt_tokens", n_tok,
+                              "cold_prompt_ms", cold, "edit_cached", n_cached, "edit_evaluated",
+                              n_eval, "edit_first_token_ms", edit_first);
+        char *js = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        puts(js ? js : "{}");
+        free(js);
+        json_decref(o);
+    } else {
+        printf("daemon round trip: status %.0f us (p99 %.0f), tokenize %.0f us (p99 %.0f)\n",
+               st[REPS / 2] * 1e3, st[REPS * 99 / 100] * 1e3, tk[REPS / 2] * 1e3,
+               tk[REPS * 99 / 100] * 1e3);
+        printf("%d-token prompt: %.0f ms cold; after a one-character edit at its end, first "
+               "token in %.1f ms (%d tokens reused, %d evaluated)\n",
+               n_tok, cold, edit_first, n_cached, n_eval);
+    }
+    return EXIT_OK;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"threads", required_argument, 0, 't'},
         {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
         {"reps", required_argument, 0, 'r'},  {"json", no_argument, 0, 'J'},
+        {"daemon", no_argument, 0, 'D'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *path = getenv("NIBBLE_MODEL");
     long threads = 0, n_prompt = 512, n_gen = 128, reps = 1;
-    int json = 0, c;
+    int json = 0, daemon = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:p:n:r:h", opts, NULL)) != -1) {
         switch (c) {
@@ -264,6 +417,7 @@ int cmd_bench(int argc, char **argv)
                 return tool_usage_error("bench", "-r wants 1..100, not '%s'", optarg);
             break;
         case 'J': json = 1; break;
+        case 'D': daemon = 1; break;
         case 'h': fputs(bench_usage, stdout); return EXIT_OK;
         default: return tool_usage_error("bench", "unknown option");
         }
@@ -272,6 +426,8 @@ int cmd_bench(int argc, char **argv)
         return tool_usage_error("bench", "unexpected argument '%s'", argv[optind]);
     if (!path || !*path)
         return tool_usage_error("bench", "no model: give -m FILE or set NIBBLE_MODEL");
+    if (daemon)
+        return bench_daemon(path, (int)threads, json);
 
     double t0 = now_s();
     nb_model *m = open_model(path, 0);
