@@ -371,7 +371,7 @@ static int ensure_dir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-static char lock_path[PATH_MAX], sock_path[PATH_MAX];
+static char lock_path[PATH_MAX + 8], sock_path[PATH_MAX];
 
 /* The directory, the lock that keeps a second daemon away, and the socket. */
 static int open_socket(const char *path, char *err, size_t errlen)

@@ -246,7 +246,7 @@ nb_status nb_client_read(nb_client *c, char **line, size_t *len, int timeout_ms)
         *len = 0;
     double deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
-        char *nl = memchr(c->buf + c->scan, '\n', c->len - c->scan);
+        char *nl = c->len > c->scan ? memchr(c->buf + c->scan, '\n', c->len - c->scan) : NULL;
         if (nl) {
             size_t n = (size_t)(nl - c->buf);
             char *l = malloc(n + 1);
