@@ -51,6 +51,8 @@ LIBS = -lm -lpthread
 JANSSON_CFLAGS := $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
 JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
+NIB_CFLAGS := $(shell $(PKG_CONFIG) --cflags libedit libcurl libcrypto 2>/dev/null)
+NIB_LIBS := $(shell $(PKG_CONFIG) --libs libedit libcurl libcrypto 2>/dev/null || echo -ledit -lcurl -lcrypto)
 
 ifeq ($(V),1)
 Q =
@@ -72,19 +74,22 @@ LIB_SRC += $(sort $(wildcard core/kernels/*_neon.c))
 endif
 TOOL_SRC := $(sort $(wildcard core/tools/*.c))
 DAEMON_SRC := $(sort $(wildcard core/daemon/*.c))
+NIB_SRC := $(sort $(wildcard shell/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TESTUTIL_SRC := tests/testutil.c tests/gguf_builder.c
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/obj/%.o)
+NIB_OBJ := $(NIB_SRC:%.c=$(BUILD)/obj/%.o)
 TESTUTIL_OBJ := $(TESTUTIL_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 LIBNIBBLE := $(BUILD)/lib/libnibble.a
 NIBBLE := $(BUILD)/bin/nibble
 NIBD := $(BUILD)/bin/nibd
-PROGRAMS := $(NIBBLE) $(NIBD)
+NIB := $(BUILD)/bin/nib
+PROGRAMS := $(NIBBLE) $(NIBD) $(NIB)
 
 .PHONY: all test check test-aarch64 kernel-tests bench run install uninstall clean
 .DEFAULT_GOAL := all
@@ -103,6 +108,7 @@ $(BUILD)/obj/core/kernels/%_dotprod_neon.o: FINAL_CFLAGS += -march=armv8.2-a+dot
 
 $(BUILD)/obj/core/tools/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS)
 $(BUILD)/obj/core/daemon/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS)
+$(BUILD)/obj/shell/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS) $(NIB_CFLAGS)
 $(BUILD)/obj/tests/%.o: FINAL_CFLAGS += $(JANSSON_CFLAGS) -Wno-missing-prototypes
 
 $(LIBNIBBLE): $(LIB_OBJ)
@@ -114,6 +120,11 @@ $(NIBBLE): $(TOOL_OBJ) $(LIBNIBBLE)
 	$(call say,LINK,$@)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $(TOOL_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
+
+$(NIB): $(NIB_OBJ) $(LIBNIBBLE)
+	$(call say,LINK,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $(NIB_OBJ) $(LIBNIBBLE) $(NIB_LIBS) $(JANSSON_LIBS) $(LIBS)
 
 $(NIBD): $(DAEMON_OBJ) $(LIBNIBBLE)
 	$(call say,LINK,$@)
@@ -162,11 +173,11 @@ test-aarch64:
 	    [ "$$($(AARCH64_CC) -print-file-name=libjansson.so)" = libjansson.so ]; then \
 		echo "skipped: no aarch64 cross toolchain ($(AARCH64_CC), $(firstword $(QEMU_AARCH64)), libcmocka-dev:arm64, libjansson-dev:arm64)"; \
 		exit $(if $(AARCH64_OPTIONAL),0,1); \
-	fi
-	@$(MAKE) --no-print-directory BUILD=$(AARCH64_BUILD) CC=$(AARCH64_CC) AR=$(AARCH64_AR) \
-		PKG_CONFIG=false NATIVE=0 DEBUG=0 SANITIZE= kernel-tests
-	@echo "aarch64 (under $(QEMU_AARCH64)):"
-	@NIBBLE_TEST_RUNNER="$(QEMU_AARCH64)" NIBBLE_BIN=$(abspath $(AARCH64_BUILD)/bin) NIBBLE_SRC=$(CURDIR) \
+	fi; \
+	$(MAKE) --no-print-directory BUILD=$(AARCH64_BUILD) CC=$(AARCH64_CC) AR=$(AARCH64_AR) \
+		PKG_CONFIG=false NATIVE=0 DEBUG=0 SANITIZE= kernel-tests && \
+	echo "aarch64 (under $(QEMU_AARCH64)):" && \
+	NIBBLE_TEST_RUNNER="$(QEMU_AARCH64)" NIBBLE_BIN=$(abspath $(AARCH64_BUILD)/bin) NIBBLE_SRC=$(CURDIR) \
 		./tests/run-tests $(KERNEL_TESTS:tests/%.c=$(AARCH64_BUILD)/tests/%)
 
 # Figures only; nothing here asserts a time.  The models are generated
@@ -226,7 +237,7 @@ uninstall:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(NIB_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
 
 # Keep test objects: they are intermediates of the test binaries.
 .SECONDARY: $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.o) $(TESTUTIL_OBJ)

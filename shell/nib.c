@@ -1,0 +1,704 @@
+/*
+ * nib.c - the nib shell helper: ask a question, pipe text through the
+ * model, suggest a command, or chat (repl.c), all through nibd so that the
+ * model stays warm between commands.
+ *
+ * Output discipline: stdout carries the model's text and nothing else, so
+ * nib works in pipes and as a Vim filter; notes, errors and the spinner go
+ * to stderr, the spinner only when stderr is a terminal.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <locale.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nib.h"
+
+#define MAX_STDIN (64u << 20) /* bytes of piped input */
+
+static const char usage[] =
+    "usage: nib [options] [QUESTION...]\n"
+    "       cmd | nib [options] INSTRUCTION...\n"
+    "       nib [options]                    (chat, at a terminal)\n"
+    "       nib --cmd TASK | --init bash|zsh | pull NAME|URL | models\n"
+    "\n"
+    "Ask a local model, through nibd (started when needed, kept warm).\n"
+    "\n"
+    "  -m, --model FILE     model for a daemon nib starts ($NIBBLE_MODEL, config)\n"
+    "  -s, --system TEXT    system prompt\n"
+    "  -t, --template NAME  chatml, llama2, llama3, alpaca, vicuna, zephyr or raw\n"
+    "                       (default: recognised from the model)\n"
+    "  -o KEY=VALUE         sampling: temperature, top_k, top_p, min_p,\n"
+    "                       repeat_penalty, repeat_last_n, frequency_penalty,\n"
+    "                       presence_penalty (repeatable)\n"
+    "  -n N                 at most N tokens (default 512; -1 = until the model stops)\n"
+    "      --seed S         reproducible sampling\n"
+    "      --raw            send the text as is, without a chat template\n"
+    "      --no-stream      print the answer when it is complete\n"
+    "  -c, --continue       continue the last conversation\n"
+    "  -q, --quiet          no spinner and no notes on stderr\n"
+    "      --cmd TASK       print one shell command that does TASK\n"
+    "      --init SHELL     print bash or zsh code binding Ctrl-X Ctrl-N to --cmd\n"
+    "  -h, --help, -V, --version\n"
+    "\n"
+    "Piped text: the message is the instruction, a blank line, and the text\n"
+    "between two fence lines of backticks (three, or more when the text holds a\n"
+    "longer run).  stdin is read only when it is not a terminal.\n"
+    "\n"
+    "Chat commands: /reset, /system TEXT, /set KEY VALUE, /save FILE, /help.\n"
+    "Exit status: 0 success, 1 error, 2 usage error, 130 cancelled (Ctrl-C).\n";
+
+volatile sig_atomic_t nib_interrupted;
+
+void nib_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("nib: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+void nib_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("nib: warning: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    nib_interrupted = 1;
+}
+
+/* ------------------------------------------------------------------ spinner */
+
+typedef struct spinner {
+    int on;       /* allowed: stderr is a terminal and not -q */
+    int shown;
+    int frame;
+    double last;
+} spinner;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void spin(spinner *s)
+{
+    if (!s->on || now_s() - s->last < 0.1)
+        return;
+    static const char frames[] = "|/-\\";
+    fprintf(stderr, "\r%c ", frames[s->frame++ % 4]);
+    fflush(stderr);
+    s->shown = 1;
+    s->last = now_s();
+}
+
+static void spin_clear(spinner *s)
+{
+    if (s->shown) {
+        fputs("\r  \r", stderr);
+        fflush(stderr);
+        s->shown = 0;
+    }
+}
+
+/* ------------------------------------------------------------------ daemon */
+
+nb_client *nib_connect(const nib_opts *o)
+{
+    nb_client_params p = nb_client_default_params();
+    p.model = o->model;
+    char def[4096];
+    if (!p.model && !getenv("NIBBLE_MODEL") && !o->cfg.model[0] &&
+        nib_data_dir(def, sizeof def, "models/default.gguf") == 0 && access(def, R_OK) == 0)
+        p.model = def; /* what `nib pull` installed */
+    int tty = isatty(2) && !o->quiet;
+    if (tty) {
+        fputs("\r(loading) ", stderr);
+        fflush(stderr);
+    }
+    nb_client *c = NULL;
+    char err[2048];
+    nb_status st = nb_client_connect(&p, &c, err, sizeof err);
+    if (tty) {
+        fputs("\r          \r", stderr);
+        fflush(stderr);
+    }
+    if (st) {
+        if (strstr(err, "no model is configured"))
+            nib_error("no model to start the daemon with: run 'nib pull tinyllama', or set "
+                      "NIBBLE_MODEL=/path/to/model.gguf (or 'model = PATH' in %s)",
+                      "~/.config/nibble/config");
+        else
+            nib_error("%s", err);
+        return NULL;
+    }
+    return c;
+}
+
+static json_t *read_event(nb_client *c, int timeout_ms, int *eof)
+{
+    char *line;
+    *eof = 0;
+    if (nb_client_read(c, &line, NULL, timeout_ms)) {
+        *eof = 1;
+        return NULL;
+    }
+    if (!line)
+        return NULL;
+    json_t *e = json_loads(line, 0, NULL);
+    free(line);
+    return e;
+}
+
+static int request_id;
+
+int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **answer)
+{
+    int id = ++request_id;
+    json_object_set_new(req, "id", json_integer(id));
+    char *line = json_dumps(req, JSON_COMPACT);
+    if (!line || nb_client_send(c, line, strlen(line))) {
+        free(line);
+        nib_error("the daemon closed the connection");
+        return NIB_ERR;
+    }
+    free(line);
+    spinner sp = {isatty(2) && !o->quiet, 0, 0, 0};
+    size_t alen = answer && *answer ? strlen(*answer) : 0, acap = alen + 1;
+    int cancel_sent = 0, text_seen = 0, rc = NIB_ERR, at_line_start = 1;
+    for (;;) {
+        if (nib_interrupted && !cancel_sent) {
+            char cancel[96];
+            snprintf(cancel, sizeof cancel, "{\"op\":\"cancel\",\"id\":\"c%d\",\"target\":%d}", id, id);
+            nb_client_send(c, cancel, strlen(cancel));
+            cancel_sent = 1;
+        }
+        int eof;
+        json_t *e = read_event(c, 100, &eof);
+        if (eof) {
+            spin_clear(&sp);
+            nib_error("the daemon closed the connection mid-answer (did it stop or crash?); "
+                      "the next nib starts a new one");
+            return NIB_ERR;
+        }
+        if (!e) {
+            if (!text_seen)
+                spin(&sp);
+            continue;
+        }
+        json_t *eid = json_object_get(e, "id");
+        if (!json_is_integer(eid) || json_integer_value(eid) != id) {
+            json_decref(e); /* the answer to our cancel */
+            continue;
+        }
+        const char *text = json_string_value(json_object_get(e, "text"));
+        if (text && !json_is_true(json_object_get(e, "done"))) {
+            spin_clear(&sp);
+            text_seen = 1;
+            size_t n = strlen(text);
+            if (o->stream) {
+                fwrite(text, 1, n, out);
+                fflush(out);
+            }
+            if (n)
+                at_line_start = text[n - 1] == '\n';
+            if (answer) {
+                if (alen + n + 1 > acap) {
+                    acap = (alen + n + 1) * 2;
+                    char *na = realloc(*answer, acap);
+                    if (na)
+                        *answer = na;
+                }
+                if (alen + n + 1 <= acap && *answer) {
+                    memcpy(*answer + alen, text, n + 1);
+                    alen += n;
+                }
+            }
+        }
+        if (json_is_true(json_object_get(e, "done"))) {
+            spin_clear(&sp);
+            const char *reason = json_string_value(json_object_get(e, "stop_reason"));
+            const char *full = json_string_value(json_object_get(e, "text"));
+            if (full && !o->stream) {
+                fputs(full, out);
+                at_line_start = !*full || full[strlen(full) - 1] == '\n';
+                if (answer) {
+                    free(*answer);
+                    *answer = strdup(full);
+                }
+            }
+            if (reason && !strcmp(reason, "error")) {
+                const char *msg = json_string_value(json_object_get(e, "message"));
+                const char *code = json_string_value(json_object_get(e, "error"));
+                if (code && !strcmp(code, "context_full"))
+                    nib_error("the input is too long for the model's context: %s", msg);
+                else
+                    nib_error("%s", msg ? msg : "the request failed");
+                rc = NIB_ERR;
+            } else if (reason && !strcmp(reason, "cancelled")) {
+                rc = NIB_CANCELLED;
+            } else {
+                rc = NIB_OK;
+            }
+            json_decref(e);
+            break;
+        }
+        json_decref(e);
+    }
+    /* end the answer on its own line at a terminal; pipes get the text only */
+    if (text_seen && !at_line_start && isatty(fileno(out)))
+        fputc('\n', out);
+    fflush(out);
+    return rc;
+}
+
+static void add_sampling(json_t *req, const nib_opts *o)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o->sampling, k, v) json_object_set(req, k, v);
+    if (!o->stream)
+        json_object_set_new(req, "stream", json_false());
+}
+
+json_t *nib_chat_request(const nib_opts *o, json_t *messages, const char *session)
+{
+    json_t *req = json_pack("{s:s, s:O}", "op", "chat", "messages", messages);
+    if (o->tmpl)
+        json_object_set_new(req, "template", json_string(o->tmpl));
+    if (session)
+        json_object_set_new(req, "session", json_string(session));
+    add_sampling(req, o);
+    return req;
+}
+
+/* ------------------------------------------------------------------ input */
+
+static char *read_stdin(size_t *len, const char **why)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap + 1);
+    if (!buf) {
+        *why = "out of memory";
+        return NULL;
+    }
+    for (;;) {
+        if (n == cap) {
+            if (cap >= MAX_STDIN) {
+                free(buf);
+                *why = "the input is larger than 64 MiB";
+                return NULL;
+            }
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) {
+                free(buf);
+                *why = "out of memory";
+                return NULL;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(0, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) {
+            if (nib_interrupted) {
+                free(buf);
+                *why = "interrupted";
+                return NULL;
+            }
+            continue;
+        }
+        if (r < 0) {
+            free(buf);
+            *why = strerror(errno);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Text a model can read: UTF-8 without NUL bytes. */
+static int is_text(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = p[i];
+        if (c == 0)
+            return 0;
+        int len = c < 0x80 ? 1 : (c >= 0xc2 && c <= 0xdf) ? 2 : (c & 0xf0) == 0xe0 ? 3
+                  : (c >= 0xf0 && c <= 0xf4) ? 4 : 0;
+        if (!len || i + (size_t)len > n)
+            return 0;
+        for (int k = 1; k < len; k++)
+            if ((p[i + k] & 0xc0) != 0x80)
+                return 0;
+        i += (size_t)len;
+    }
+    return 1;
+}
+
+/* instruction + blank line + fenced text, the fence longer than any run of
+ * backticks inside the text */
+static char *wrap_piped(const char *instruction, const char *text, size_t len)
+{
+    size_t run = 0, longest = 0;
+    for (size_t i = 0; i < len; i++) {
+        run = text[i] == '`' ? run + 1 : 0;
+        if (run > longest)
+            longest = run;
+    }
+    size_t fence = longest >= 3 ? longest + 1 : 3;
+    size_t total = strlen(instruction) + len + 2 * fence + 8;
+    char *out = malloc(total);
+    if (!out)
+        return NULL;
+    size_t k = 0;
+    k += (size_t)snprintf(out + k, total - k, "%s\n\n", instruction);
+    memset(out + k, '`', fence);
+    k += fence;
+    out[k++] = '\n';
+    memcpy(out + k, text, len);
+    k += len;
+    if (len && text[len - 1] != '\n')
+        out[k++] = '\n';
+    memset(out + k, '`', fence);
+    k += fence;
+    out[k] = 0;
+    return out;
+}
+
+/* ------------------------------------------------------------------ modes */
+
+static const char *shell_name(void)
+{
+    const char *sh = getenv("SHELL");
+    const char *base = sh ? strrchr(sh, '/') : NULL;
+    return base ? base + 1 : sh ? sh : "sh";
+}
+
+static int suggest_command(nib_opts *o, const char *task)
+{
+    struct utsname u;
+    const char *os = uname(&u) == 0 ? u.sysname : "Linux";
+    char sys[1024];
+    snprintf(sys, sizeof sys,
+             "You turn requests into one %s command for %s. Reply with the command only, on "
+             "one line: no explanation, no code fence.",
+             shell_name(), os);
+    json_t *msgs = json_pack("[{s:s, s:s}, {s:s, s:s}]", "role", "system", "content", sys, "role",
+                             "user", "content", task);
+    nib_opts q = *o;
+    q.stream = 0;
+    nb_client *c = nib_connect(&q);
+    if (!c) {
+        json_decref(msgs);
+        return NIB_ERR;
+    }
+    json_t *req = nib_chat_request(&q, msgs, NULL);
+    if (!json_object_get(req, "temperature"))
+        json_object_set_new(req, "temperature", json_real(0));
+    if (!json_object_get(req, "n_predict"))
+        json_object_set_new(req, "n_predict", json_integer(128));
+    char *answer = NULL;
+    FILE *null = fopen("/dev/null", "w");
+    int rc = nib_request(c, &q, req, null ? null : stderr, &answer);
+    if (null)
+        fclose(null);
+    if (rc == NIB_OK && answer) {
+        /* the first non-empty line, without fences or a leading "$ " */
+        char *s = answer, *line = NULL;
+        for (char *tok = strtok(s, "\n"); tok; tok = strtok(NULL, "\n")) {
+            while (*tok == ' ' || *tok == '\t')
+                tok++;
+            if (!*tok || !strncmp(tok, "```", 3))
+                continue;
+            line = tok;
+            break;
+        }
+        if (line) {
+            if (line[0] == '$' && line[1] == ' ')
+                line += 2;
+            size_t n = strlen(line);
+            if (n >= 2 && line[0] == '`' && line[n - 1] == '`') {
+                line[n - 1] = 0;
+                line++;
+            }
+            printf("%s\n", line);
+        } else {
+            nib_error("the model suggested nothing");
+            rc = NIB_ERR;
+        }
+    }
+    free(answer);
+    json_decref(req);
+    json_decref(msgs);
+    nb_client_close(c);
+    return rc;
+}
+
+static int print_init(const char *shell)
+{
+    if (!strcmp(shell, "bash")) {
+        fputs("# nib: Ctrl-X Ctrl-N replaces the command line with a suggested command.\n"
+              "__nib_suggest() {\n"
+              "  local s\n"
+              "  s=$(nib -q --cmd \"$READLINE_LINE\" 2>/dev/null) || return\n"
+              "  [ -n \"$s\" ] && READLINE_LINE=$s && READLINE_POINT=${#s}\n"
+              "}\n"
+              "bind -x '\"\\C-x\\C-n\": __nib_suggest'\n",
+              stdout);
+        return NIB_OK;
+    }
+    if (!strcmp(shell, "zsh")) {
+        fputs("# nib: Ctrl-X Ctrl-N replaces the command line with a suggested command.\n"
+              "__nib_suggest() {\n"
+              "  local s\n"
+              "  s=$(nib -q --cmd \"$BUFFER\" 2>/dev/null) || return\n"
+              "  [[ -n $s ]] && BUFFER=$s && CURSOR=${#BUFFER}\n"
+              "  zle redisplay\n"
+              "}\n"
+              "zle -N __nib_suggest\n"
+              "bindkey '^X^N' __nib_suggest\n",
+              stdout);
+        return NIB_OK;
+    }
+    nib_error("--init knows bash and zsh, not '%s'", shell);
+    return NIB_USAGE;
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fputs("nib: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\nTry 'nib --help'.\n", stderr);
+    return NIB_USAGE;
+}
+
+static int set_option(nib_opts *o, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    static const char *const keys[] = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+                                       "repeat_last_n", "frequency_penalty", "presence_penalty",
+                                       "seed", "n_predict", NULL};
+    if (!eq)
+        return -1;
+    char key[64];
+    size_t kl = (size_t)(eq - kv);
+    if (kl == 0 || kl >= sizeof key)
+        return -1;
+    memcpy(key, kv, kl);
+    key[kl] = 0;
+    int known = 0;
+    for (int i = 0; keys[i]; i++)
+        known |= !strcmp(keys[i], key);
+    if (!known)
+        return -1;
+    char *end;
+    double v = strtod(eq + 1, &end);
+    if (end == eq + 1 || *end)
+        return -1;
+    int integer = !strcmp(key, "top_k") || !strcmp(key, "repeat_last_n") || !strcmp(key, "seed") ||
+                  !strcmp(key, "n_predict");
+    json_object_set_new(o->sampling, key, integer ? json_integer((json_int_t)v) : json_real(v));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setlocale(LC_ALL, "");
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"system", required_argument, 0, 's'},
+        {"template", required_argument, 0, 't'}, {"seed", required_argument, 0, 'S'},
+        {"raw", no_argument, 0, 'R'},           {"no-stream", no_argument, 0, 'N'},
+        {"continue", no_argument, 0, 'c'},      {"quiet", no_argument, 0, 'q'},
+        {"cmd", required_argument, 0, 'C'},     {"init", required_argument, 0, 'I'},
+        {"help", no_argument, 0, 'h'},          {"version", no_argument, 0, 'V'},
+        {0, 0, 0, 0}};
+    nib_opts o = {0};
+    o.stream = 1;
+    o.sampling = json_object();
+    nb_config_defaults(&o.cfg);
+    char err[1024];
+    if (nb_config_load(&o.cfg, NULL, err, sizeof err)) {
+        nib_error("%s", err);
+        return NIB_ERR;
+    }
+    if (o.cfg.system[0])
+        o.system = o.cfg.system;
+    if (o.cfg.chat_template[0])
+        o.tmpl = o.cfg.chat_template;
+    /* pull and models are commands only as the first word */
+    if (argc > 1 && !strcmp(argv[1], "pull"))
+        return nib_pull(argc - 1, argv + 1, &o);
+    if (argc > 1 && !strcmp(argv[1], "models"))
+        return nib_models();
+    const char *cmd_task = NULL, *init_shell = NULL;
+    int c;
+    char *end;
+    while ((c = getopt_long(argc, argv, "m:s:t:o:n:cqhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.model = optarg; break;
+        case 's': o.system = optarg; break;
+        case 't': o.tmpl = optarg; break;
+        case 'o':
+            if (set_option(&o, optarg))
+                return usage_error("-o wants KEY=NUMBER with a sampling key, not '%s'", optarg);
+            break;
+        case 'n': {
+            long n = strtol(optarg, &end, 10);
+            if (*end || end == optarg || n < -1 || n > 1 << 20)
+                return usage_error("-n wants -1 to 1048576, not '%s'", optarg);
+            json_object_set_new(o.sampling, "n_predict", json_integer(n));
+            break;
+        }
+        case 'S': {
+            long long s = strtoll(optarg, &end, 10);
+            if (*end || end == optarg || s < 0)
+                return usage_error("--seed wants a non-negative integer, not '%s'", optarg);
+            json_object_set_new(o.sampling, "seed", json_integer(s));
+            break;
+        }
+        case 'R': o.raw = 1; break;
+        case 'N': o.stream = 0; break;
+        case 'c': o.cont = 1; break;
+        case 'q': o.quiet = 1; break;
+        case 'C': cmd_task = optarg; break;
+        case 'I': init_shell = optarg; break;
+        case 'h': fputs(usage, stdout); return NIB_OK;
+        case 'V': printf("nib %s\n", nb_version()); return NIB_OK;
+        default: fputs("Try 'nib --help'.\n", stderr); return NIB_USAGE;
+        }
+    }
+    if (o.tmpl) {
+        static const char *const known[] = {"chatml", "llama2", "llama3", "alpaca",
+                                            "vicuna", "zephyr", "raw", NULL};
+        int ok = 0;
+        for (int i = 0; known[i]; i++)
+            ok |= !strcmp(known[i], o.tmpl);
+        if (!ok) {
+            nib_warn("unknown template '%s'; using the model's own", o.tmpl);
+            o.tmpl = NULL;
+        }
+    }
+    if (!json_object_get(o.sampling, "n_predict"))
+        json_object_set_new(o.sampling, "n_predict", json_integer(512));
+    if (init_shell)
+        return print_init(init_shell);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (cmd_task)
+        return suggest_command(&o, cmd_task);
+
+    /* the question: the arguments joined with spaces */
+    size_t qlen = 0;
+    for (int i = optind; i < argc; i++)
+        qlen += strlen(argv[i]) + 1;
+    char *question = malloc(qlen + 1);
+    if (!question)
+        return NIB_ERR;
+    question[0] = 0;
+    for (int i = optind; i < argc; i++) {
+        if (i > optind)
+            strcat(question, " ");
+        strcat(question, argv[i]);
+    }
+    int have_stdin = !isatty(0);
+    if (!*question && !have_stdin) {
+        free(question);
+        return nib_repl(&o);
+    }
+    char *piped = NULL;
+    size_t plen = 0;
+    if (have_stdin) {
+        const char *why = NULL;
+        if (!(piped = read_stdin(&plen, &why))) {
+            nib_error("cannot read stdin: %s", why);
+            free(question);
+            return nib_interrupted ? NIB_CANCELLED : NIB_ERR;
+        }
+        if (!is_text(piped, plen)) {
+            nib_error("stdin is not UTF-8 text (binary input?); nib reads text only");
+            free(piped);
+            free(question);
+            return NIB_ERR;
+        }
+    }
+    char *message;
+    if (piped && plen && *question)
+        message = wrap_piped(question, piped, plen);
+    else
+        message = strdup(piped && plen ? piped : question);
+    free(piped);
+    free(question);
+    if (!message || !*message) {
+        free(message);
+        nib_error("nothing to ask: the question and stdin are empty");
+        return NIB_USAGE;
+    }
+    nb_client *cl = nib_connect(&o);
+    if (!cl) {
+        free(message);
+        return NIB_ERR;
+    }
+    int rc;
+    if (o.raw) {
+        json_t *req = json_pack("{s:s, s:s}", "op", "complete", "prompt", message);
+        add_sampling(req, &o);
+        rc = nib_request(cl, &o, req, stdout, NULL);
+        json_decref(req);
+    } else {
+        char id[64] = "";
+        json_t *msgs = o.cont ? nib_conv_load_last(id, sizeof id) : NULL;
+        if (o.cont && !msgs)
+            nib_warn("no earlier conversation to continue; starting a new one");
+        if (!msgs) {
+            msgs = json_array();
+            nib_conv_new_id(id, sizeof id);
+            if (o.system)
+                json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content",
+                                                      o.system));
+        }
+        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", message));
+        json_t *req = nib_chat_request(&o, msgs, id);
+        char *answer = calloc(1, 1);
+        rc = nib_request(cl, &o, req, stdout, &answer);
+        if (rc == NIB_OK) {
+            json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content",
+                                                  answer ? answer : ""));
+            nib_conv_save(id, msgs);
+        }
+        free(answer);
+        json_decref(req);
+        json_decref(msgs);
+    }
+    free(message);
+    nb_client_close(cl);
+    json_decref(o.sampling);
+    return rc;
+}

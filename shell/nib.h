@@ -1,0 +1,59 @@
+/*
+ * nib.h - pieces of the nib shell helper shared between its files.
+ */
+#ifndef NIB_H
+#define NIB_H
+
+#include <jansson.h>
+#include <signal.h>
+#include <stddef.h>
+
+#include "nibble.h"
+
+enum { NIB_OK = 0, NIB_ERR = 1, NIB_USAGE = 2, NIB_CANCELLED = 130 };
+
+typedef struct nib_opts {
+    const char *model;      /* -m, $NIBBLE_MODEL, config */
+    const char *system;     /* -s */
+    const char *tmpl;       /* -t */
+    json_t *sampling;       /* -o key=value, -n, --seed: keys of the protocol */
+    int raw;                /* --raw: no chat template */
+    int stream;             /* 0 with --no-stream */
+    int quiet;              /* -q: no spinner, no notes */
+    int cont;               /* -c: continue the last conversation */
+    nb_config cfg;
+} nib_opts;
+
+/* Set by the SIGINT handler while a request runs. */
+extern volatile sig_atomic_t nib_interrupted;
+
+/* "nib: " + message on stderr. */
+void nib_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void nib_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Connect to nibd (starting it with the configured model). */
+nb_client *nib_connect(const nib_opts *o);
+
+/* Send a request and stream its text to out; returns an exit code.  The
+ * answer's text is appended to *answer when answer is non-NULL.  A SIGINT
+ * during the request cancels it (NIB_CANCELLED). */
+int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **answer);
+
+/* A chat request for messages (a JSON array); the session keeps the
+ * daemon's cache of the conversation. */
+json_t *nib_chat_request(const nib_opts *o, json_t *messages, const char *session);
+
+/* The interactive chat (repl.c). */
+int nib_repl(nib_opts *o);
+/* Conversations (repl.c): load the last one, save one. */
+json_t *nib_conv_load_last(char *id, size_t idlen);
+int nib_conv_save(const char *id, json_t *messages);
+void nib_conv_new_id(char *id, size_t idlen);
+
+/* Downloads (pull.c). */
+int nib_pull(int argc, char **argv, const nib_opts *o);
+int nib_models(void);
+/* $XDG_DATA_HOME/nibble (created). */
+int nib_data_dir(char *buf, size_t cap, const char *sub);
+
+#endif
