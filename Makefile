@@ -135,7 +135,7 @@ $(NIBD): $(DAEMON_OBJ) $(LIBNIBBLE)
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
 	$(call say,LINK,$@)
 	@mkdir -p $(@D)
-	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $< $(TESTUTIL_OBJ) $(LIBNIBBLE) $(CMOCKA_LIBS) $(JANSSON_LIBS) $(LIBS)
+	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $< $(TESTUTIL_OBJ) $(LIBNIBBLE) $(CMOCKA_LIBS) $(JANSSON_LIBS) $(LIBS) -lutil
 
 # Tests find the programs through NIBBLE_BIN and the shared reference data
 # through NIBBLE_TEST_DATA (default ../shared beside the checkout).

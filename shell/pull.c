@@ -97,14 +97,11 @@ static size_t on_data(char *buf, size_t size, size_t n, void *ud)
     return fwrite(buf, size, n, d->f) == n ? size * n : 0;
 }
 
-static int on_progress(void *ud, curl_off_t total, curl_off_t now, curl_off_t ut, curl_off_t un)
+/* One progress line, redrawn in place at most five times a second. */
+static void draw_progress(dl *d, curl_off_t total, curl_off_t now, int force)
 {
-    dl *d = ud;
-    (void)ut, (void)un;
-    if (nib_interrupted)
-        return 1;
-    if (!d->is_tty || d->quiet || now_s() - d->last < 0.2)
-        return 0;
+    if (!d->is_tty || d->quiet || (!force && now_s() - d->last < 0.2))
+        return;
     d->last = now_s();
     double have = (double)(now + d->resumed), all = (double)(total + d->resumed);
     double rate = (double)now / (now_s() - d->t0 + 1e-9) / 1e6;
@@ -117,6 +114,14 @@ static int on_progress(void *ud, curl_off_t total, curl_off_t now, curl_off_t ut
         fprintf(stderr, "\r%7.1f MB %6.1f MB/s", have / 1e6, rate);
     }
     fflush(stderr);
+}
+
+static int on_progress(void *ud, curl_off_t total, curl_off_t now, curl_off_t ut, curl_off_t un)
+{
+    (void)ut, (void)un;
+    if (nib_interrupted)
+        return 1;
+    draw_progress(ud, total, now, 0);
     return 0;
 }
 
@@ -300,6 +305,12 @@ int nib_pull(int argc, char **argv, const nib_opts *o)
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &d.status);
     if (d.resumed && d.status == 416) /* nothing left to fetch: check what we have */
         rc = CURLE_OK;
+    else if (rc == CURLE_OK) { /* the last word: the bar at its end, however fast it got there */
+        curl_off_t got = 0, want = 0;
+        curl_easy_getinfo(h, CURLINFO_SIZE_DOWNLOAD_T, &got);
+        curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &want);
+        draw_progress(&d, want > 0 ? want : got, got, 1);
+    }
     curl_easy_cleanup(h);
     int close_bad = fclose(d.f) != 0;
     if (d.is_tty && !quiet)

@@ -628,6 +628,10 @@ static int daemonize(char *err, size_t errlen, int *ready_fd)
         _exit(1);
     }
     close(p[0]);
+    /* a daemon keeps no descriptor its starter handed down but the ready pipe */
+    if (p[1] > 3)
+        close_range(3, (unsigned)p[1] - 1, 0);
+    close_range((unsigned)p[1] + 1, ~0u, 0);
     setsid();
     if (fork() > 0)
         _exit(0);
@@ -656,6 +660,10 @@ static int daemonize(char *err, size_t errlen, int *ready_fd)
         dup2(lf >= 0 ? lf : null, 1);
         dup2(lf >= 0 ? lf : null, 2);
     }
+    if (null > 2)
+        close(null);
+    if (lf > 2)
+        close(lf);
     *ready_fd = p[1];
     return 0;
 }

@@ -308,8 +308,11 @@ static void finish_slot(nbd_sched *s, slot *sl, const char *reason)
         json_object_set_new(o, "text", json_stringn(sl->text ? sl->text : "", sl->text_len));
     nbd_log(3, "slot %d: %s after %d prompt (%d cached) and %d generated tokens", sl->id, reason,
             sl->n_prompt, sl->n_cached, sl->n_generated);
-    finish_job(job, nbd_event_object(job->req.id, o));
+    /* the slot is free before the client hears so: a status request sent
+     * right after the last event never sees it busy */
     slot_clear_request(sl);
+    publish_slots(s);
+    finish_job(job, nbd_event_object(job->req.id, o));
     s->t_active = now_s();
 }
 

@@ -114,6 +114,9 @@ static nb_status start_daemon(const char *nibd, const char *model, const char *s
             dup2(null, 0);
             dup2(null, 1);
         }
+        /* Nothing else the caller holds may leak into a long-lived daemon: an
+         * inherited pipe end would keep "x=$(nib ...)" waiting for EOF. */
+        close_range(3, ~0u, 0);
         execvp(nibd, (char *const *)argv);
         fprintf(stderr, "cannot run %s: %s", nibd, strerror(errno));
         _exit(127);
