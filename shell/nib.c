@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <langinfo.h>
 #include <locale.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -45,13 +46,14 @@ static const char usage[] =
     "      --no-stream      print the answer when it is complete\n"
     "  -c, --continue       continue the last conversation\n"
     "  -q, --quiet          no spinner and no notes on stderr\n"
+    "  -v, --verbose        after each answer, token counts and timings on stderr\n"
     "      --cmd TASK       print one shell command that does TASK\n"
     "      --init SHELL     print bash or zsh code binding Ctrl-X Ctrl-N to --cmd\n"
     "  -h, --help, -V, --version\n"
     "\n"
     "Piped text: the message is the instruction, a blank line, and the text\n"
     "between two fence lines of backticks (three, or more when the text holds a\n"
-    "longer run).  stdin is read only when it is not a terminal.\n"
+    "longer run).  stdin is read only when it is a pipe, a socket or a file.\n"
     "\n"
     "Chat commands: /reset, /system TEXT, /set KEY VALUE, /save FILE, /help.\n"
     "Exit status: 0 success, 1 error, 2 usage error, 130 cancelled (Ctrl-C).\n";
@@ -185,6 +187,7 @@ int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **
     spinner sp = {isatty(2) && !o->quiet, 0, 0, 0};
     size_t alen = answer && *answer ? strlen(*answer) : 0, acap = alen + 1;
     int cancel_sent = 0, text_seen = 0, rc = NIB_ERR, at_line_start = 1;
+    char stats[256] = "";
     for (;;) {
         if (nib_interrupted && !cancel_sent) {
             char cancel[96];
@@ -237,6 +240,22 @@ int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **
         if (json_is_true(json_object_get(e, "done"))) {
             spin_clear(&sp);
             const char *reason = json_string_value(json_object_get(e, "stop_reason"));
+            const char *warning = json_string_value(json_object_get(e, "warning"));
+            static int warned; /* once per run, not once per chat turn */
+            if (warning && !warned++)
+                nib_warn("%s%s", warning,
+                         strstr(warning, "chat template") ? " (nib -t NAME picks another)" : "");
+            if (o->verbose) {
+                json_t *tm = json_object_get(e, "timings");
+                snprintf(stats, sizeof stats,
+                         "nib: %lld prompt tokens (%lld cached), %lld generated; first token "
+                         "after %.1f ms, %.1f tokens/s\n",
+                         (long long)json_integer_value(json_object_get(e, "n_prompt")),
+                         (long long)json_integer_value(json_object_get(e, "n_cached")),
+                         (long long)json_integer_value(json_object_get(e, "n_generated")),
+                         json_number_value(json_object_get(tm, "first_token_ms")),
+                         json_number_value(json_object_get(tm, "tokens_per_s")));
+            }
             const char *full = json_string_value(json_object_get(e, "text"));
             if (full && !o->stream) {
                 fputs(full, out);
@@ -268,6 +287,7 @@ int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **
     if (text_seen && !at_line_start && isatty(fileno(out)))
         fputc('\n', out);
     fflush(out);
+    fputs(stats, stderr);
     return rc;
 }
 
@@ -459,34 +479,57 @@ static int suggest_command(nib_opts *o, const char *task)
     return rc;
 }
 
+/* This program's own path, quoted for the shell ('...' with ' as '\''), so
+ * the binding works whether or not nib is on PATH. */
+static void print_self_quoted(void)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        fputs("nib", stdout);
+        return;
+    }
+    self[n] = 0;
+    putchar('\'');
+    for (char *p = self; *p; p++)
+        fputs(*p == '\'' ? "'\\''" : (char[]){*p, 0}, stdout);
+    putchar('\'');
+}
+
 static int print_init(const char *shell)
 {
-    if (!strcmp(shell, "bash")) {
-        fputs("# nib: Ctrl-X Ctrl-N replaces the command line with a suggested command.\n"
-              "__nib_suggest() {\n"
-              "  local s\n"
-              "  s=$(nib -q --cmd \"$READLINE_LINE\" 2>/dev/null) || return\n"
+    int bash = !strcmp(shell, "bash"), zsh = !strcmp(shell, "zsh");
+    if (!bash && !zsh) {
+        nib_error("--init knows bash and zsh, not '%s'", shell);
+        return NIB_USAGE;
+    }
+    /* The binding only edits the command line: the user reads the
+     * suggestion, changes it or not, and presses Enter themselves. */
+    printf("# nib: %s replaces the words at the prompt with a suggested command.\n"
+           "__nib_suggest() {\n"
+           "  local s\n",
+           bash ? "Ctrl-X Ctrl-N (or $NIBBLE_SUGGEST_KEY, as for bind)"
+                : "Ctrl-X Ctrl-N (or $NIBBLE_SUGGEST_KEY, as for bindkey)");
+    if (bash) {
+        fputs("  [ -n \"$READLINE_LINE\" ] || return\n  s=$(", stdout);
+        print_self_quoted();
+        fputs(" -q --cmd \"$READLINE_LINE\" </dev/null) || return\n"
               "  [ -n \"$s\" ] && READLINE_LINE=$s && READLINE_POINT=${#s}\n"
               "}\n"
-              "bind -x '\"\\C-x\\C-n\": __nib_suggest'\n",
+              "bind -x \"\\\"${NIBBLE_SUGGEST_KEY:-\\C-x\\C-n}\\\": __nib_suggest\"\n",
               stdout);
-        return NIB_OK;
-    }
-    if (!strcmp(shell, "zsh")) {
-        fputs("# nib: Ctrl-X Ctrl-N replaces the command line with a suggested command.\n"
-              "__nib_suggest() {\n"
-              "  local s\n"
-              "  s=$(nib -q --cmd \"$BUFFER\" 2>/dev/null) || return\n"
+    } else {
+        fputs("  [[ -n $BUFFER ]] || return\n  s=$(", stdout);
+        print_self_quoted();
+        fputs(" -q --cmd \"$BUFFER\" </dev/null) || { zle reset-prompt; return; }\n"
               "  [[ -n $s ]] && BUFFER=$s && CURSOR=${#BUFFER}\n"
-              "  zle redisplay\n"
+              "  zle reset-prompt\n"
               "}\n"
               "zle -N __nib_suggest\n"
-              "bindkey '^X^N' __nib_suggest\n",
+              "bindkey \"${NIBBLE_SUGGEST_KEY:-^X^N}\" __nib_suggest\n",
               stdout);
-        return NIB_OK;
     }
-    nib_error("--init knows bash and zsh, not '%s'", shell);
-    return NIB_USAGE;
+    return NIB_OK;
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -497,7 +540,7 @@ static int usage_error(const char *fmt, const char *arg)
     return NIB_USAGE;
 }
 
-static int set_option(nib_opts *o, const char *kv)
+int nib_set_option(nib_opts *o, const char *kv)
 {
     const char *eq = strchr(kv, '=');
     static const char *const keys[] = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty",
@@ -528,12 +571,17 @@ static int set_option(nib_opts *o, const char *kv)
 
 int main(int argc, char **argv)
 {
+    /* libedit decodes keys by the locale; nibble's text is UTF-8 always, so
+     * a shell left in the C locale still gets UTF-8 line editing */
     setlocale(LC_ALL, "");
+    if (strcmp(nl_langinfo(CODESET), "UTF-8") != 0)
+        setlocale(LC_CTYPE, "C.UTF-8");
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"system", required_argument, 0, 's'},
         {"template", required_argument, 0, 't'}, {"seed", required_argument, 0, 'S'},
         {"raw", no_argument, 0, 'R'},           {"no-stream", no_argument, 0, 'N'},
         {"continue", no_argument, 0, 'c'},      {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},
         {"cmd", required_argument, 0, 'C'},     {"init", required_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},          {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0}};
@@ -558,13 +606,13 @@ int main(int argc, char **argv)
     const char *cmd_task = NULL, *init_shell = NULL;
     int c;
     char *end;
-    while ((c = getopt_long(argc, argv, "m:s:t:o:n:cqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:s:t:o:n:cqvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model = optarg; break;
         case 's': o.system = optarg; break;
         case 't': o.tmpl = optarg; break;
         case 'o':
-            if (set_option(&o, optarg))
+            if (nib_set_option(&o, optarg))
                 return usage_error("-o wants KEY=NUMBER with a sampling key, not '%s'", optarg);
             break;
         case 'n': {
@@ -585,6 +633,7 @@ int main(int argc, char **argv)
         case 'N': o.stream = 0; break;
         case 'c': o.cont = 1; break;
         case 'q': o.quiet = 1; break;
+        case 'v': o.verbose = 1; break;
         case 'C': cmd_task = optarg; break;
         case 'I': init_shell = optarg; break;
         case 'h': fputs(usage, stdout); return NIB_OK;
@@ -628,10 +677,17 @@ int main(int argc, char **argv)
             strcat(question, " ");
         strcat(question, argv[i]);
     }
-    int have_stdin = !isatty(0);
+    /* stdin is input only when it is a pipe (or socket) or a file: never a
+     * terminal, and never /dev/null or another device */
+    struct stat st0;
+    int have_stdin = fstat(0, &st0) == 0 && !isatty(0) &&
+                     (S_ISFIFO(st0.st_mode) || S_ISREG(st0.st_mode) || S_ISSOCK(st0.st_mode));
     if (!*question && !have_stdin) {
         free(question);
-        return nib_repl(&o);
+        if (isatty(0))
+            return nib_repl(&o);
+        nib_error("nothing to ask: give a question, or pipe text in (the chat needs a terminal)");
+        return NIB_USAGE;
     }
     char *piped = NULL;
     size_t plen = 0;

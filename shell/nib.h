@@ -20,6 +20,7 @@ typedef struct nib_opts {
     int raw;                /* --raw: no chat template */
     int stream;             /* 0 with --no-stream */
     int quiet;              /* -q: no spinner, no notes */
+    int verbose;            /* -v: token counts and timings on stderr */
     int cont;               /* -c: continue the last conversation */
     nb_config cfg;
 } nib_opts;
@@ -30,6 +31,10 @@ extern volatile sig_atomic_t nib_interrupted;
 /* "nib: " + message on stderr. */
 void nib_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void nib_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Set a sampling key from "KEY=NUMBER" (-o, /set); -1 when the key is not
+ * one of the protocol's or the value not a number. */
+int nib_set_option(nib_opts *o, const char *kv);
 
 /* Connect to nibd (starting it with the configured model). */
 nb_client *nib_connect(const nib_opts *o);

@@ -346,7 +346,8 @@ static char *read_message(void)
 static const char help[] =
     "  /reset            start a new conversation\n"
     "  /system TEXT      set the system prompt (and start anew)\n"
-    "  /set KEY VALUE    temperature, top_k, top_p, min_p, repeat_penalty, seed, n_predict\n"
+    "  /set KEY VALUE    temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,\n"
+    "                    frequency_penalty, presence_penalty, seed, n_predict\n"
     "  /save FILE        write the conversation as text\n"
     "  /help             this list\n"
     "  \"\"\"               start or end a multi-line message\n"
@@ -418,24 +419,19 @@ int nib_repl(nib_opts *o)
                 json_decref(msgs);
                 msgs = fresh(o, id, sizeof id);
                 puts("(system prompt set; new conversation)");
-            } else if (!strcmp(msg, "/set") && arg) {
-                char *val = strchr(arg, ' ');
-                char kv[256];
+            } else if (!strcmp(msg, "/set")) {
+                char *val = arg ? strchr(arg, ' ') : NULL;
+                char kv[256] = "";
                 if (val) {
                     *val++ = 0;
                     snprintf(kv, sizeof kv, "%s=%s", arg, val);
                 }
-                char *end;
-                double d = val ? strtod(val, &end) : 0;
-                if (!val || end == val || *end) {
-                    puts("usage: /set KEY VALUE");
-                } else {
-                    int integer = !strcmp(arg, "top_k") || !strcmp(arg, "seed") ||
-                                  !strcmp(arg, "n_predict") || !strcmp(arg, "repeat_last_n");
-                    json_object_set_new(o->sampling, arg,
-                                        integer ? json_integer((json_int_t)d) : json_real(d));
+                if (!val || nib_set_option(o, kv))
+                    puts("usage: /set KEY VALUE, KEY one of temperature, top_k, top_p, min_p, "
+                         "repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, "
+                         "seed, n_predict");
+                else
                     printf("(%s = %s)\n", arg, val);
-                }
             } else if (!strcmp(msg, "/save") && arg && *arg) {
                 if (save_text(msgs, arg))
                     printf("(cannot write %s: %s)\n", arg, strerror(errno));

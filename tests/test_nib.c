@@ -38,6 +38,14 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
 /* A private world: its own runtime, state, data and config directories. */
 static void private_env(void)
 {
@@ -264,10 +272,20 @@ static void test_one_shot_and_pipe(void **state)
     free(out), free(err), free(want);
     unsetenv("NO_COLOR");
 
-    /* -c continues: the last conversation is sent again, plus the new turn */
-    char *args5[] = {"-c", "-o", "temperature=0", "-n", "10", "And then?", NULL};
+    /* -c continues: the last conversation is sent again, plus the new turn,
+     * and the daemon's session cache spares it the earlier turns (-v shows
+     * the token counts on stderr, and nothing else) */
+    char *args5a[] = {"-v", "-o", "temperature=0", "-n", "10", "Tell me a story", NULL};
+    assert_int_equal(run_nib(NULL, 0, &out, &err, args5a), 0);
+    long long first_prompt = -1, cached = -1, prompt = -1;
+    assert_int_equal(sscanf(err, "nib: %lld prompt tokens", &first_prompt), 1);
+    assert_int_equal(count_lines(err), 1);
+    free(out), free(err);
+    char *args5[] = {"-c", "-v", "-o", "temperature=0", "-n", "10", "And then?", NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, args5), 0);
-    assert_string_equal(err, "");
+    assert_int_equal(sscanf(err, "nib: %lld prompt tokens (%lld cached)", &prompt, &cached), 2);
+    assert_true(prompt > first_prompt);
+    assert_true(cached >= first_prompt); /* the whole first turn, at least its question */
     free(out), free(err);
     char last[256];
     snprintf(last, sizeof last, "%s/data/nibble/conversations/last", home);
@@ -284,15 +302,87 @@ static void test_one_shot_and_pipe(void **state)
     free(m);
 }
 
-/* ------------------------------------------------------------------ errors */
+/* ------------------------------------------------------------------ templates */
 
-static int count_lines(const char *s)
+
+
+/* A copy of a model with a chat template nibble does not know.  The key is
+ * inserted right after the header, padded to 32 bytes so that the tensor
+ * data stays aligned and its offsets stay valid. */
+static char *with_template(const char *src, const char *tmpl)
 {
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
+    size_t len;
+    unsigned char *in = (unsigned char *)nbt_read_file(src, &len);
+    assert_non_null(in);
+    const char *key = "tokenizer.chat_template";
+    size_t base = 8 + strlen(key) + 4 + 8, slen = strlen(tmpl);
+    while ((base + slen) % 32)
+        slen++;
+    size_t add = base + slen;
+    unsigned char *out = calloc(1, len + add);
+    memcpy(out, in, 24);
+    uint64_t n_kv;
+    memcpy(&n_kv, out + 16, 8);
+    n_kv++;
+    memcpy(out + 16, &n_kv, 8);
+    unsigned char *p = out + 24;
+    uint64_t kl = strlen(key), sl = slen;
+    uint32_t type = 8; /* string */
+    memcpy(p, &kl, 8), p += 8;
+    memcpy(p, key, kl), p += kl;
+    memcpy(p, &type, 4), p += 4;
+    memcpy(p, &sl, 8), p += 8;
+    memset(p, ' ', slen);
+    memcpy(p, tmpl, strlen(tmpl));
+    memcpy(out + 24 + add, in + 24, len - 24);
+    char *path = nbt_write_temp((char *)out, len + add, ".gguf");
+    free(in);
+    free(out);
+    return path;
 }
+
+static void test_templates(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    private_env();
+    char *m = model("stories260K.gguf");
+    char *odd = with_template(m, "{{ a template from nowhere }}");
+    setenv("NIBBLE_MODEL", odd, 1);
+    char *out, *err;
+    /* an unknown template: ChatML, and one warning line saying so */
+    char *args[] = {"-o", "temperature=0", "-n", "20", "Hello", NULL};
+    assert_int_equal(run_nib(NULL, 0, &out, &err, args), 0);
+    assert_non_null(strstr(err, "chat template"));
+    assert_int_equal(count_lines(err), 1);
+    char *want = daemon_answer("{\"op\":\"chat\",\"template\":\"chatml\",\"messages\":"
+                               "[{\"role\":\"user\",\"content\":\"Hello\"}],"
+                               "\"temperature\":0,\"n_predict\":20}");
+    assert_string_equal(out, want);
+    free(out), free(err), free(want);
+    /* -t names one (Alpaca, as many fine-tunes use), with -s as its system */
+    char *args2[] = {"-t", "alpaca", "-s", "Be kind.", "-o", "temperature=0", "-n", "20",
+                     "Hello", NULL};
+    assert_int_equal(run_nib(NULL, 0, &out, &err, args2), 0);
+    assert_string_equal(err, "");
+    want = daemon_answer("{\"op\":\"chat\",\"template\":\"alpaca\",\"messages\":"
+                         "[{\"role\":\"system\",\"content\":\"Be kind.\"},"
+                         "{\"role\":\"user\",\"content\":\"Hello\"}],"
+                         "\"temperature\":0,\"n_predict\":20}");
+    assert_string_equal(out, want);
+    free(out), free(err), free(want);
+    /* a name nib does not know: a warning, then the model's own */
+    char *args3[] = {"-t", "klingon", "-o", "temperature=0", "-n", "5", "Hello", NULL};
+    assert_int_equal(run_nib(NULL, 0, &out, &err, args3), 0);
+    assert_non_null(strstr(err, "klingon"));
+    free(out), free(err);
+    stop_daemon();
+    unlink(odd);
+    free(odd);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ errors */
 
 static void test_errors(void **state)
 {
@@ -310,6 +400,12 @@ static void test_errors(void **state)
     /* usage */
     char *bad[] = {"-n", "lots", "x", NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, bad), 2);
+    free(out), free(err);
+    /* no question, and stdin is /dev/null, not a pipe: nothing to ask */
+    char *none[] = {NULL};
+    assert_int_equal(run_nib(NULL, 0, &out, &err, none), 2);
+    assert_non_null(strstr(err, "nothing to ask"));
+    assert_int_equal(count_lines(err), 1);
     free(out), free(err);
 
     char *m = model("stories260K.gguf");
@@ -564,6 +660,234 @@ static void test_repl(void **state)
     free(m);
 }
 
+/* Type a line and wait for what marks its end (with -v, every answer ends
+ * with nib's "tokens/s" line). */
+static size_t term_line(term *t, size_t at, const char *line, const char *until)
+{
+    char keys[512];
+    snprintf(keys, sizeof keys, "%s\r", line);
+    term_edit(t, keys);
+    return term_wait(t, at, until, 20000) + strlen(until);
+}
+
+static int count_of(const char *s, const char *what)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
+}
+
+static void test_repl_chat(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    private_env();
+    unsetenv("LANG"); /* the C locale: nib still edits UTF-8 */
+    unsetenv("LC_ALL");
+    unsetenv("LC_CTYPE");
+    char *m = model("stories260K.gguf");
+    setenv("NIBBLE_MODEL", m, 1);
+    /* a history of three lines at most */
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "%s/config/nibble", home);
+    mkdir(cfg, 0700);
+    strcat(cfg, "/config");
+    const char *conf = "history_size = 3\n";
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs(conf, f);
+    fclose(f);
+    static char bin[4096];
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nib"));
+    char *argv[] = {bin, "-v", "-n", "6", "-o", "temperature=0", NULL};
+    term t;
+    term_start(&t, argv);
+    size_t at = term_wait(&t, 0, "> ", 10000);
+    /* a """ block is one message */
+    at = term_line(&t, at, "\"\"\"", "... ");
+    at = term_line(&t, at, "line one", "... ");
+    at = term_line(&t, at, "line two", "... ");
+    at = term_line(&t, at, "\"\"\"", "tokens/s");
+    /* so is a paste: lines arriving together */
+    at = term_line(&t, at, "first pasted\rsecond pasted", "tokens/s");
+    /* UTF-8 typed in */
+    at = term_line(&t, at, "caf\xc3\xa9 \xe2\x98\x95", "tokens/s");
+    char save[256], cmd[300];
+    snprintf(save, sizeof save, "%s/conv.txt", home);
+    snprintf(cmd, sizeof cmd, "/save %s", save);
+    at = term_line(&t, at, cmd, "(saved to");
+    char *text = nbt_read_file(save, NULL);
+    assert_non_null(text);
+    assert_int_equal(count_of(text, "## user\n"), 3);
+    assert_int_equal(count_of(text, "## assistant\n"), 3);
+    assert_non_null(strstr(text, "## user\n\nline one\nline two\n\n"));
+    assert_non_null(strstr(text, "## user\n\nfirst pasted\nsecond pasted\n\n"));
+    assert_non_null(strstr(text, "## user\n\ncaf\xc3\xa9 \xe2\x98\x95\n\n"));
+    free(text);
+    /* commands */
+    at = term_line(&t, at, "/set bogus 1", "usage: /set");
+    at = term_line(&t, at, "/set top_k 1", "(top_k = 1)");
+    at = term_line(&t, at, "/system Be brief.", "(system prompt set");
+    at = term_line(&t, at, cmd, "(saved to");
+    text = nbt_read_file(save, NULL);
+    assert_string_equal(text, "## system\n\nBe brief.\n\n");
+    free(text);
+    at = term_line(&t, at, "/reset", "(new conversation)");
+    at = term_line(&t, at, cmd, "(saved to");
+    text = nbt_read_file(save, NULL);
+    assert_string_equal(text, "## system\n\nBe brief.\n\n"); /* the system prompt stays */
+    free(text);
+    at = term_line(&t, at, "/nonsense", "unknown command");
+    term_edit(&t, "\x04");
+    assert_int_equal(term_exit(&t), 0);
+
+    /* the history: capped at three, newest last, a repeat moved to the end */
+    char hist[256];
+    snprintf(hist, sizeof hist, "%s/state/nibble/history", home);
+    term_start(&t, argv);
+    at = term_wait(&t, 0, "> ", 10000);
+    at = term_line(&t, at, "/help", "Ctrl-D leaves.");
+    at = term_line(&t, at, "/reset", "(new conversation)");
+    at = term_line(&t, at, "/help", "Ctrl-D leaves.");
+    term_edit(&t, "\x04");
+    assert_int_equal(term_exit(&t), 0);
+    char *h = nbt_read_file(hist, NULL);
+    assert_non_null(h);
+    assert_string_equal(h, "/nonsense\n/reset\n/help\n");
+    free(h);
+    /* NIBBLE_NOHISTORY=1: nothing saved */
+    setenv("NIBBLE_NOHISTORY", "1", 1);
+    term_start(&t, argv);
+    at = term_wait(&t, 0, "> ", 10000);
+    at = term_line(&t, at, "/set seed 7", "(seed = 7)");
+    term_edit(&t, "\x04");
+    assert_int_equal(term_exit(&t), 0);
+    unsetenv("NIBBLE_NOHISTORY");
+    h = nbt_read_file(hist, NULL);
+    assert_string_equal(h, "/nonsense\n/reset\n/help\n");
+    free(h);
+    stop_daemon();
+    free(m);
+}
+
+/* As a Vim filter (:'<,'>!nib "..."): the selection on stdin, stdout into
+ * the buffer, stderr either the terminal or (Vim's 'shellredir') the same
+ * file as stdout.  Either way the buffer gets the answer and nothing else. */
+static void test_filter(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    private_env();
+    char *m = model("stories260K.gguf");
+    setenv("NIBBLE_MODEL", m, 1);
+    const char *sel = "the dog are happy\n";
+    char *in = nbt_write_temp(sel, strlen(sel), ".txt");
+    char outp[256];
+    snprintf(outp, sizeof outp, "%s/filtered.txt", home);
+    static char bin[4096];
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nib"));
+    char *want = NULL;
+    for (int merged = 0; merged < 2; merged++) {
+        if (merged)
+            stop_daemon(); /* the second time, the daemon starts inside the filter */
+        term t;
+        struct winsize ws = {30, 100, 0, 0};
+        t.len = 0;
+        t.buf[0] = 0;
+        t.pid = forkpty(&t.fd, NULL, NULL, &ws);
+        assert_true(t.pid >= 0);
+        if (t.pid == 0) {
+            int fi = open(in, O_RDONLY), fo = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            dup2(fi, 0);
+            dup2(fo, 1);
+            if (merged)
+                dup2(fo, 2);
+            execl(bin, "nib", "-o", "temperature=0", "-n", "20", "fix the grammar", (char *)NULL);
+            _exit(127);
+        }
+        assert_int_equal(term_exit(&t), 0);
+        char *got = nbt_read_file(outp, NULL);
+        assert_non_null(got);
+        if (!want)
+            want = daemon_answer("{\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":"
+                                 "\"fix the grammar\\n\\n```\\nthe dog are happy\\n```\"}],"
+                                 "\"temperature\":0,\"n_predict\":20}");
+        assert_string_equal(got, want);
+        free(got);
+    }
+    free(want);
+    unlink(in);
+    free(in);
+    stop_daemon();
+    free(m);
+}
+
+/* nib --cmd, and the Ctrl-X Ctrl-N binding of --init in real bash and zsh:
+ * the words at the prompt become the suggested command, which is not run. */
+static void test_suggest(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    private_env();
+    char *m = model("stories260K.gguf");
+    setenv("NIBBLE_MODEL", m, 1);
+    char *out, *err;
+    char *args[] = {"--cmd", "list the files", NULL};
+    assert_int_equal(run_nib(NULL, 0, &out, &err, args), 0);
+    assert_int_equal(count_lines(out), 1); /* one line: the command */
+    assert_true(strlen(out) > 1);
+    assert_null(strstr(out, "```"));
+    char want[32];
+    snprintf(want, sizeof want, "%.20s", out); /* what must appear on the command line */
+    free(out), free(err);
+
+    static const char *shells[][3] = {{"bash", "/bin/bash", "--norc"}, {"zsh", "/bin/zsh", "-f"}};
+    for (int i = 0; i < 2; i++) {
+        if (access(shells[i][1], X_OK) != 0) {
+            printf("skipped: %s is not installed, so its binding was not tried\n", shells[i][0]);
+            continue;
+        }
+        char *iargs[] = {"--init", (char *)shells[i][0], NULL};
+        assert_int_equal(run_nib(NULL, 0, &out, &err, iargs), 0);
+        char script[256];
+        snprintf(script, sizeof script, "%s/init.%s", home, shells[i][0]);
+        FILE *f = fopen(script, "w");
+        assert_non_null(f);
+        fputs(out, f);
+        fclose(f);
+        free(out), free(err);
+        setenv("PS1", "READY$ ", 1);
+        char *argv[] = {(char *)shells[i][1], (char *)shells[i][2], "-i", NULL};
+        term t;
+        term_start(&t, argv);
+        size_t at = term_wait(&t, 0, "READY$ ", 10000) + 7;
+        char line[300];
+        snprintf(line, sizeof line, ". %s\r", script);
+        term_send(&t, line);
+        at = term_wait(&t, at, "READY$ ", 10000) + 7;
+        term_send(&t, "list the files\x18\x0e");
+        at = term_wait(&t, at, want, 20000);
+        usleep(300000);
+        /* nothing ran: no new prompt, no "command not found" */
+        struct pollfd pf = {t.fd, POLLIN, 0};
+        while (poll(&pf, 1, 50) > 0) {
+            ssize_t r = read(t.fd, t.buf + t.len, sizeof t.buf - 1 - t.len);
+            if (r <= 0)
+                break;
+            t.len += (size_t)r;
+            t.buf[t.len] = 0;
+        }
+        assert_null(strstr(t.buf + at, "READY$ "));
+        assert_null(strstr(t.buf + at, "not found"));
+        term_send(&t, "\x15" "exit\r");
+        assert_int_equal(term_exit(&t), 0);
+        unsetenv("PS1");
+    }
+    stop_daemon();
+    free(m);
+}
+
 /* ------------------------------------------------------------------ pull */
 
 typedef struct server {
@@ -801,8 +1125,12 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_one_shot_and_pipe, teardown),
+        cmocka_unit_test_teardown(test_filter, teardown),
+        cmocka_unit_test_teardown(test_templates, teardown),
         cmocka_unit_test_teardown(test_errors, teardown),
         cmocka_unit_test_teardown(test_repl, teardown),
+        cmocka_unit_test_teardown(test_repl_chat, teardown),
+        cmocka_unit_test_teardown(test_suggest, teardown),
         cmocka_unit_test_teardown(test_pull, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

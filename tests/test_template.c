@@ -124,7 +124,7 @@ static void test_detect(void **state)
         {"{% for m in messages %}<|user|>\n{{ m.content }}</s>{% endfor %}", "zephyr"},
         {"### Instruction:\n{{ x }}\n\n### Response:", "alpaca"},
         {"{{ system }} USER: {{ u }} ASSISTANT: {{ a }}", "vicuna"},
-        {"{{ something unknown }}", "raw"},
+        {"{{ something unknown }}", "unknown"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         nb_model *m = vocab_model(cases[i].tmpl, 0);
@@ -133,6 +133,19 @@ static void test_detect(void **state)
     }
     nb_model *m = vocab_model(NULL, 0);
     assert_string_equal(nb_chat_template_name(m), "raw");
+    nb_model_close(m);
+    /* an unrecognised template falls back to ChatML; the name itself is not
+     * one a caller may ask for */
+    m = vocab_model("{{ something unknown }}", 0);
+    nb_chat_msg msg = {"user", "hi"};
+    char *got, *want, err[256];
+    assert_int_equal(nb_chat_render(m, NULL, &msg, 1, 1, &got, err, sizeof err), NB_OK);
+    assert_int_equal(nb_chat_render(m, "chatml", &msg, 1, 1, &want, err, sizeof err), NB_OK);
+    assert_string_equal(got, want);
+    free(got), free(want);
+    assert_int_equal(nb_chat_render(m, "unknown", &msg, 1, 1, &got, err, sizeof err),
+                     NB_ERR_INVALID);
+    assert_null(got);
     nb_model_close(m);
 }
 

@@ -306,6 +306,8 @@ static void finish_slot(nbd_sched *s, slot *sl, const char *reason)
                           timings);
     if (o && !job->req.stream)
         json_object_set_new(o, "text", json_stringn(sl->text ? sl->text : "", sl->text_len));
+    if (o && job->warning)
+        json_object_set_new(o, "warning", json_string(job->warning));
     nbd_log(3, "slot %d: %s after %d prompt (%d cached) and %d generated tokens", sl->id, reason,
             sl->n_prompt, sl->n_cached, sl->n_generated);
     /* the slot is free before the client hears so: a status request sent
@@ -376,6 +378,9 @@ static nb_token *request_tokens(nbd_sched *s, nbd_job *job, int *n)
             text = rendered;
             len = strlen(rendered);
             flags = NB_TOK_ADD_SPECIAL | NB_TOK_PARSE_SPECIAL;
+            if (!r->template_name && !strcmp(nb_chat_template_name(m), "unknown"))
+                job->warning = "the model's chat template is not one nibble recognises; "
+                               "using ChatML";
         }
         int64_t need = nb_tokenize(m, text, len, NULL, 0, flags);
         toks = need >= 0 ? malloc((size_t)(need ? need : 1) * sizeof *toks) : NULL;

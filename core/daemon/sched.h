@@ -36,6 +36,7 @@ typedef struct nbd_job {
     atomic_int cancelled;
     atomic_int finished;   /* its final event is on its way: no longer cancellable */
     double t_queued;
+    const char *warning;   /* static text for the final event, or NULL */
     struct nbd_job *next;  /* scheduler queue */
 } nbd_job;
 

@@ -250,8 +250,10 @@ typedef struct nb_chat_msg {
 } nb_chat_msg;
 
 /* The chat format recognised in the model's tokenizer.chat_template:
- * "chatml", "llama2", "llama3", "alpaca", "vicuna", "zephyr", or "raw"
- * when there is none or it is not recognised.  Never NULL. */
+ * "chatml", "llama2", "llama3", "alpaca", "vicuna", "zephyr"; "raw" when
+ * the model has none (a base model); "unknown" when it has one nibble does
+ * not recognise, which renders as ChatML (callers should warn).  Never
+ * NULL. */
 NB_API const char *nb_chat_template_name(const nb_model *m);
 
 /* Render a conversation as the prompt text of a template (NULL: the

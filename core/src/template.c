@@ -64,7 +64,7 @@ const char *nb_chat_template_name(const nb_model *m)
         return "raw";
     memcpy(s, t, len);
     s[len] = 0;
-    const char *name = "raw";
+    const char *name = "unknown";
     if (strstr(s, "<|im_start|>"))
         name = "chatml";
     else if (strstr(s, "<|start_header_id|>"))
@@ -85,8 +85,11 @@ nb_status nb_chat_render(const nb_model *m, const char *tmpl, const nb_chat_msg 
                          int add_assistant, char **out, char *err, size_t errlen)
 {
     *out = NULL;
-    if (!tmpl)
+    if (!tmpl) {
         tmpl = nb_chat_template_name(m);
+        if (!strcmp(tmpl, "unknown"))
+            tmpl = "chatml"; /* the most common format today; the caller warns */
+    }
     size_t k;
     for (k = 0; k < sizeof template_names / sizeof template_names[0]; k++)
         if (!strcmp(tmpl, template_names[k]))
