@@ -155,6 +155,29 @@ static void sink_read(struct sink *s)
     s->buf[s->len] = 0;
 }
 
+/* Replace this (child) process with argv, through NIBBLE_TEST_RUNNER when
+ * that is set: under make test-aarch64 the tests run in qemu-user, and the
+ * programs they start (nibble, or the test itself again) are aarch64
+ * binaries as well, which the host kernel cannot start by itself.  The
+ * runner is split at spaces; no allocation, as this runs after fork(). */
+static void exec_program(char *const argv[])
+{
+    const char *runner = getenv("NIBBLE_TEST_RUNNER");
+    if (!runner || !*runner) {
+        execv(argv[0], argv);
+        return;
+    }
+    char words[1024], *args[64];
+    int n = 0;
+    snprintf(words, sizeof words, "%s", runner);
+    for (char *p = strtok(words, " "); p && n < 32; p = strtok(NULL, " "))
+        args[n++] = p;
+    for (int i = 0; argv[i] && n < 63; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    execvp(args[0], args);
+}
+
 int nbt_run(char *const argv[], char **out, char **err, int timeout_s)
 {
     int po[2], pe[2];
@@ -176,7 +199,7 @@ int nbt_run(char *const argv[], char **out, char **err, int timeout_s)
         dup2(pe[1], 2);
         close(po[0]);
         close(pe[0]);
-        execv(argv[0], argv);
+        exec_program(argv);
         fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
