@@ -205,17 +205,27 @@ bench: all $(BENCH_MODELS)
 
 # The default model: $NIBBLE_MODEL, else the shared test model beside the
 # checkout.  (nib, with its download on first use, replaces this.)
+# make run: nib's chat on the default model.  The first time, that model is
+# pulled (with a progress bar); without a network it falls back to the
+# shared test model beside the checkout, or says what to do.  NIBBLE_MODEL
+# (or -m in NIB_ARGS) picks another.
+SHARED_MODEL = ../shared/models/stories260K.gguf
 run: all
-	@model="$${NIBBLE_MODEL:-}"; \
-	if [ -z "$$model" ] && [ -f ../shared/models/stories260K.gguf ]; then \
-		model=../shared/models/stories260K.gguf; fi; \
-	if [ -z "$$model" ]; then \
-		echo "make run: no model found."; \
-		echo "Point NIBBLE_MODEL at a GGUF file, for example:"; \
-		echo "  NIBBLE_MODEL=~/models/tinyllama-1.1b-chat.Q4_0.gguf make run"; \
-		exit 1; fi; \
-	echo "model: $$model"; \
-	$(NIBBLE) run -m "$$model" -p "$${PROMPT:-Once upon a time}" -n 200
+	@if ! $(NIB) models --path >/dev/null 2>&1; then \
+		echo "make run: no model yet; fetching the default one (nib pull tinyllama)"; \
+		if ! $(NIB) pull tinyllama; then \
+			if [ -f $(SHARED_MODEL) ]; then \
+				echo "make run: no download; using $(SHARED_MODEL) (a tiny story model, no chat template)"; \
+				NIBBLE_MODEL=$$(realpath $(SHARED_MODEL)); export NIBBLE_MODEL; \
+			else \
+				echo "make run: no model. When online, run '$(NIB) pull tinyllama' (or any"; \
+				echo "'nib pull URL' of a GGUF file); or point NIBBLE_MODEL at a GGUF file you"; \
+				echo "have: NIBBLE_MODEL=/path/to/model.gguf make run"; \
+				exit 1; \
+			fi; \
+		fi; \
+	fi; \
+	exec $(NIB) $(NIB_ARGS)
 
 # ------------------------------------------------------------------ install
 install: all

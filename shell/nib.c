@@ -124,14 +124,32 @@ static void spin_clear(spinner *s)
 
 /* ------------------------------------------------------------------ daemon */
 
+const char *nib_model_path(const nib_opts *o, char *buf, size_t cap)
+{
+    const char *env = getenv("NIBBLE_MODEL");
+    if (o->model && *o->model)
+        return o->model;
+    if (env && *env)
+        return env;
+    if (o->cfg.model[0])
+        return o->cfg.model;
+    if (nib_data_dir(buf, cap, "models/default.gguf") == 0 && access(buf, R_OK) == 0)
+        return buf; /* what `nib pull` installed */
+    return NULL;
+}
+
+static void no_model_error(void)
+{
+    nib_error("no model to start the daemon with: run 'nib pull tinyllama', or set "
+              "NIBBLE_MODEL=/path/to/model.gguf (or 'model = PATH' in %s)",
+              "~/.config/nibble/config");
+}
+
 nb_client *nib_connect(const nib_opts *o)
 {
     nb_client_params p = nb_client_default_params();
-    p.model = o->model;
     char def[4096];
-    if (!p.model && !getenv("NIBBLE_MODEL") && !o->cfg.model[0] &&
-        nib_data_dir(def, sizeof def, "models/default.gguf") == 0 && access(def, R_OK) == 0)
-        p.model = def; /* what `nib pull` installed */
+    p.model = nib_model_path(o, def, sizeof def);
     int tty = isatty(2) && !o->quiet;
     if (tty) {
         fputs("\r(loading) ", stderr);
@@ -146,9 +164,7 @@ nb_client *nib_connect(const nib_opts *o)
     }
     if (st) {
         if (strstr(err, "no model is configured"))
-            nib_error("no model to start the daemon with: run 'nib pull tinyllama', or set "
-                      "NIBBLE_MODEL=/path/to/model.gguf (or 'model = PATH' in %s)",
-                      "~/.config/nibble/config");
+            no_model_error();
         else
             nib_error("%s", err);
         return NULL;
@@ -601,8 +617,21 @@ int main(int argc, char **argv)
     /* pull and models are commands only as the first word */
     if (argc > 1 && !strcmp(argv[1], "pull"))
         return nib_pull(argc - 1, argv + 1, &o);
-    if (argc > 1 && !strcmp(argv[1], "models"))
+    if (argc > 1 && !strcmp(argv[1], "models")) {
+        if (argc > 2 && !strcmp(argv[2], "--path")) { /* for scripts: which model, if any */
+            char def[4096];
+            const char *mp = nib_model_path(&o, def, sizeof def);
+            if (!mp) {
+                no_model_error();
+                return NIB_ERR;
+            }
+            puts(mp);
+            return NIB_OK;
+        }
+        if (argc > 2)
+            return usage_error("'nib models' takes only --path, not '%s'", argv[2]);
         return nib_models();
+    }
     const char *cmd_task = NULL, *init_shell = NULL;
     int c;
     char *end;

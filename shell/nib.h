@@ -36,6 +36,10 @@ void nib_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * one of the protocol's or the value not a number. */
 int nib_set_option(nib_opts *o, const char *kv);
 
+/* The model a daemon nib starts would load: -m, $NIBBLE_MODEL, the config
+ * file's, or the one `nib pull` made the default (in buf); NULL if none. */
+const char *nib_model_path(const nib_opts *o, char *buf, size_t cap);
+
 /* Connect to nibd (starting it with the configured model). */
 nb_client *nib_connect(const nib_opts *o);
 

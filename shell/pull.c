@@ -100,8 +100,8 @@ static size_t on_data(char *buf, size_t size, size_t n, void *ud)
 /* One progress line, redrawn in place at most five times a second. */
 static void draw_progress(dl *d, curl_off_t total, curl_off_t now, int force)
 {
-    if (!d->is_tty || d->quiet || (!force && now_s() - d->last < 0.2))
-        return;
+    if (!d->is_tty || d->quiet || (!force && now_s() - d->last < 0.2) || (!now && !total))
+        return; /* nothing to show before the first byte */
     d->last = now_s();
     double have = (double)(now + d->resumed), all = (double)(total + d->resumed);
     double rate = (double)now / (now_s() - d->t0 + 1e-9) / 1e6;
@@ -253,7 +253,7 @@ int nib_pull(int argc, char **argv, const nib_opts *o)
         return NIB_USAGE;
     }
     char dir[4096], final[4400], part[4500];
-    if (nib_data_dir(dir, sizeof dir, "models") || (mkdir(dir, 0755) && errno != EEXIST)) {
+    if (nib_data_dir(dir, sizeof dir, "models") || nb_mkdirs(dir)) {
         nib_error("cannot create the models directory");
         return NIB_ERR;
     }
@@ -320,8 +320,12 @@ int nib_pull(int argc, char **argv, const nib_opts *o)
             nib_error("interrupted; run the same command again to resume");
             return NIB_CANCELLED;
         }
-        nib_error("download failed: %s (%s); run again to resume", cerr[0] ? cerr : curl_easy_strerror(rc),
-                  url);
+        struct stat pst;
+        int kept = stat(part, &pst) == 0 && pst.st_size > 0;
+        if (!kept)
+            unlink(part); /* nothing to resume from */
+        nib_error("download failed: %s (%s)%s", cerr[0] ? cerr : curl_easy_strerror(rc), url,
+                  kept ? "; run the same command again to resume" : "");
         return NIB_ERR;
     }
     if (close_bad) {

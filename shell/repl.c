@@ -26,43 +26,9 @@
 
 /* ------------------------------------------------------------------ paths */
 
-static int mkdirs(char *path)
-{
-    for (char *p = path + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-                *p = '/';
-                return -1;
-            }
-            *p = '/';
-        }
-    return mkdir(path, 0700) != 0 && errno != EEXIST ? -1 : 0;
-}
-
-static int xdg_dir(char *buf, size_t cap, const char *env, const char *fallback, const char *sub)
-{
-    const char *x = getenv(env), *home = getenv("HOME");
-    int n;
-    if (x && *x)
-        n = snprintf(buf, cap, "%s/nibble", x);
-    else if (home && *home)
-        n = snprintf(buf, cap, "%s/%s/nibble", home, fallback);
-    else
-        return -1;
-    if (n < 0 || (size_t)n >= cap || mkdirs(buf))
-        return -1;
-    if (sub) {
-        size_t l = strlen(buf);
-        if (snprintf(buf + l, cap - l, "/%s", sub) >= (int)(cap - l))
-            return -1;
-    }
-    return 0;
-}
-
 int nib_data_dir(char *buf, size_t cap, const char *sub)
 {
-    return xdg_dir(buf, cap, "XDG_DATA_HOME", ".local/share", sub);
+    return nb_dir_path(NB_DIR_DATA, sub, 1, buf, cap) == NB_OK ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ history */
@@ -165,7 +131,7 @@ static void hist_open(history *h, int cap)
     const char *off = getenv("NIBBLE_NOHISTORY");
     h->cap = cap;
     h->enabled = !(off && *off && strcmp(off, "0")) && cap > 0 &&
-                 xdg_dir(h->path, sizeof h->path, "XDG_STATE_HOME", ".local/state", "history") == 0;
+                 nb_dir_path(NB_DIR_STATE, "history", 1, h->path, sizeof h->path) == NB_OK;
     h->items = calloc((size_t)(cap > 0 ? cap : 1), sizeof *h->items);
     if (!h->enabled || !h->items)
         return;
@@ -240,7 +206,7 @@ void nib_conv_new_id(char *id, size_t idlen)
 int nib_conv_save(const char *id, json_t *messages)
 {
     char dir[4096], path[4200], tmp[4300], last[4200];
-    if (nib_data_dir(dir, sizeof dir, "conversations") || mkdirs(dir))
+    if (nib_data_dir(dir, sizeof dir, "conversations") || nb_mkdirs(dir))
         return -1;
     snprintf(path, sizeof path, "%s/%s.json", dir, id);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);

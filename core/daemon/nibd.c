@@ -350,7 +350,8 @@ static int conn_write(conn *c)
 
 static int ensure_dir(const char *dir, char *err, size_t errlen)
 {
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    /* with its parents: an $XDG_RUNTIME_DIR that does not exist yet, say */
+    if (nb_mkdirs(dir) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         return -1;
     }
@@ -637,22 +638,9 @@ static int daemonize(char *err, size_t errlen, int *ready_fd)
         _exit(0);
     if (chdir("/") != 0)
         (void)0;
-    const char *st = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
-    char dir[PATH_MAX], log[PATH_MAX + 16];
-    if (st && *st)
-        snprintf(dir, sizeof dir, "%s/nibble", st);
-    else
-        snprintf(dir, sizeof dir, "%s/.local/state/nibble", home && *home ? home : "/tmp");
-    char parent[PATH_MAX];
-    snprintf(parent, sizeof parent, "%s", dir);
-    for (char *q = parent + 1; *q; q++)
-        if (*q == '/') {
-            *q = 0;
-            mkdir(parent, 0700);
-            *q = '/';
-        }
-    mkdir(dir, 0700);
-    snprintf(log, sizeof log, "%s/nibd.log", dir);
+    char log[PATH_MAX];
+    if (nb_dir_path(NB_DIR_STATE, "nibd.log", 1, log, sizeof log) != NB_OK)
+        snprintf(log, sizeof log, "/dev/null"); /* no HOME: nowhere to keep a log */
     int null = open("/dev/null", O_RDWR);
     int lf = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
     if (null >= 0) {

@@ -416,7 +416,7 @@ NB_API void nb_stopper_flush(nb_stopper *s, const char **emit, size_t *emit_len)
  * of "key = value", '#' comments.  Keys: model, threads, ctx_size, slots,
  * keep_alive (seconds, -1 = never), log_level (error, warn, info, debug),
  * socket, nibd (the daemon program to start), template, system,
- * history_size. */
+ * history_size.  A value may be in double quotes; a path may start "~/". */
 typedef struct nb_config {
     char model[4096];
     int threads;          /* 0: physical cores */
@@ -440,6 +440,21 @@ NB_API nb_status nb_config_path(char *buf, size_t cap);
 /* The daemon's socket: $XDG_RUNTIME_DIR/nibble/nibd.sock, or
  * /tmp/nibble-$UID/nibd.sock without XDG_RUNTIME_DIR. */
 NB_API nb_status nb_socket_path(char *buf, size_t cap);
+
+/* nibble's per-user directories, after the XDG base directory rules. */
+typedef enum {
+    NB_DIR_CONFIG, /* $XDG_CONFIG_HOME/nibble, else ~/.config/nibble */
+    NB_DIR_STATE,  /* $XDG_STATE_HOME/nibble, else ~/.local/state/nibble: history, log */
+    NB_DIR_DATA    /* $XDG_DATA_HOME/nibble, else ~/.local/share/nibble: models, chats */
+} nb_dir;
+
+/* That directory, with "/sub" appended when sub is non-NULL.  With create,
+ * the directory and any missing parents are made (0700; sub is not made).
+ * NB_ERR_INVALID when neither the variable nor HOME is set or the path is
+ * too long; NB_ERR_IO when a directory cannot be made. */
+NB_API nb_status nb_dir_path(nb_dir which, const char *sub, int create, char *buf, size_t cap);
+/* mkdir -p with mode 0700 for the directories it makes; 0 or -1 (errno). */
+NB_API int nb_mkdirs(const char *path);
 
 /* ------------------------------------------------------------------ */
 /* Client of nibd (doc/protocol.md)                                    */

@@ -9,6 +9,7 @@
  * line number, so that a typo never silently changes nothing.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,17 +29,49 @@ void nb_config_defaults(nb_config *c)
     c->history_size = 1000;
 }
 
-nb_status nb_config_path(char *buf, size_t cap)
+int nb_mkdirs(const char *path)
 {
-    const char *x = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *q = p + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            if (mkdir(p, 0700) != 0 && errno != EEXIST)
+                return -1;
+            *q = '/';
+        }
+    return mkdir(p, 0700) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+nb_status nb_dir_path(nb_dir which, const char *sub, int create, char *buf, size_t cap)
+{
+    static const char *const env[] = {"XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME"};
+    static const char *const fallback[] = {".config", ".local/state", ".local/share"};
+    if ((unsigned)which > NB_DIR_DATA || !buf || !cap)
+        return NB_ERR_INVALID;
+    const char *x = getenv(env[which]), *home = getenv("HOME");
     int n;
     if (x && *x)
-        n = snprintf(buf, cap, "%s/nibble/config", x);
+        n = snprintf(buf, cap, "%s/nibble", x);
     else if (home && *home)
-        n = snprintf(buf, cap, "%s/.config/nibble/config", home);
+        n = snprintf(buf, cap, "%s/%s/nibble", home, fallback[which]);
     else
         return NB_ERR_INVALID;
-    return n > 0 && (size_t)n < cap ? NB_OK : NB_ERR_INVALID;
+    if (n < 0 || (size_t)n >= cap)
+        return NB_ERR_INVALID;
+    if (create && nb_mkdirs(buf) != 0)
+        return NB_ERR_IO;
+    if (sub && snprintf(buf + n, cap - (size_t)n, "/%s", sub) >= (int)(cap - (size_t)n))
+        return NB_ERR_INVALID;
+    return NB_OK;
+}
+
+nb_status nb_config_path(char *buf, size_t cap)
+{
+    return nb_dir_path(NB_DIR_CONFIG, "config", 0, buf, cap);
 }
 
 nb_status nb_socket_path(char *buf, size_t cap)
@@ -82,6 +115,17 @@ static int copy_str(char *dst, size_t cap, const char *v)
     return 0;
 }
 
+/* A path value: a leading "~/" is the home directory, as in a shell. */
+static int copy_path(char *dst, size_t cap, const char *v)
+{
+    const char *home = getenv("HOME");
+    if (v[0] == '~' && v[1] == '/' && home && *home) {
+        int n = snprintf(dst, cap, "%s%s", home, v + 1);
+        return n < 0 || (size_t)n >= cap ? -1 : 0;
+    }
+    return copy_str(dst, cap, v);
+}
+
 nb_status nb_config_load(nb_config *c, const char *path, char *err, size_t errlen)
 {
     char def[4096];
@@ -121,11 +165,11 @@ nb_status nb_config_load(nb_config *c, const char *path, char *err, size_t errle
         long x;
         int bad = 0;
         if (!strcmp(key, "model"))
-            bad = copy_str(c->model, sizeof c->model, val);
+            bad = copy_path(c->model, sizeof c->model, val);
         else if (!strcmp(key, "socket"))
-            bad = copy_str(c->socket, sizeof c->socket, val);
+            bad = copy_path(c->socket, sizeof c->socket, val);
         else if (!strcmp(key, "nibd"))
-            bad = copy_str(c->nibd, sizeof c->nibd, val);
+            bad = copy_path(c->nibd, sizeof c->nibd, val);
         else if (!strcmp(key, "template"))
             bad = copy_str(c->chat_template, sizeof c->chat_template, val);
         else if (!strcmp(key, "system"))
