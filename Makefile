@@ -52,7 +52,9 @@ JANSSON_CFLAGS := $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
 JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
 NIB_CFLAGS := $(shell $(PKG_CONFIG) --cflags libedit libcurl libcrypto 2>/dev/null)
-NIB_LIBS := $(shell $(PKG_CONFIG) --libs libedit libcurl libcrypto 2>/dev/null || echo -ledit -lcurl -lcrypto)
+# nib links libedit only; libcurl and libcrypto (headers from libcurl4-openssl-dev
+# and libssl-dev) are opened at run time by `nib pull`, see shell/pull.c.
+NIB_LIBS := $(shell $(PKG_CONFIG) --libs libedit 2>/dev/null || echo -ledit) -ldl
 
 ifeq ($(V),1)
 Q =
@@ -198,7 +200,7 @@ $(BENCH_DIR)/tinyllama-1.1b-%.gguf: $(BENCH_DIR)/tinyllama-1.1b-f16.gguf | $(NIB
 bench: all $(BENCH_MODELS)
 	@for m in $(BENCH_MODELS); do $(NIBBLE) bench -m $$m $(BENCH_ARGS) || exit 1; echo; done
 	@echo "nibd on $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf:"
-	@$(NIBBLE) bench --daemon -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf $(BENCH_ARGS)
+	@$(NIBBLE) bench --daemon --nib $(NIB) -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf $(BENCH_ARGS)
 	@echo
 	@echo "scalar reference kernels, for scale (64-token prompt, 16 generated):"
 	@NIBBLE_KERNELS=ref $(NIBBLE) bench -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf -p 64 -n 16

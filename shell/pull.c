@@ -24,10 +24,101 @@
 #include <time.h>
 #include <unistd.h>
 
+/* libcurl and libcrypto are opened when a download starts, not linked:
+ * together they pull in some forty libraries whose loading would cost
+ * every nib command ten milliseconds of start-up.  Their headers give the
+ * types and constants; net_open() finds the functions. */
+#define CURL_DISABLE_TYPECHECK
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <openssl/evp.h>
 
 #include "nib.h"
+
+static struct {
+    void *curl, *crypto;
+    CURLcode (*global_init)(long);
+    CURL *(*easy_init)(void);
+    CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+    CURLcode (*easy_perform)(CURL *);
+    CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+    void (*easy_cleanup)(CURL *);
+    const char *(*easy_strerror)(CURLcode);
+    EVP_MD_CTX *(*md_ctx_new)(void);
+    void (*md_ctx_free)(EVP_MD_CTX *);
+    const EVP_MD *(*sha256)(void);
+    int (*digest_init)(EVP_MD_CTX *, const EVP_MD *, ENGINE *);
+    int (*digest_update)(EVP_MD_CTX *, const void *, size_t);
+    int (*digest_final)(EVP_MD_CTX *, unsigned char *, unsigned int *);
+} net;
+
+static void *open_first(const char *const names[])
+{
+    void *h = NULL;
+    for (int i = 0; names[i] && !h; i++)
+        h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    return h;
+}
+
+/* 0, or -1 with the error said. */
+static int net_open(void)
+{
+    static const char *const curl_names[] = {"libcurl.so.4", "libcurl.so", NULL};
+    static const char *const crypto_names[] = {"libcrypto.so.3", "libcrypto.so", NULL};
+    if (net.curl && net.crypto)
+        return 0;
+    if (!(net.curl = open_first(curl_names))) {
+        nib_error("downloads need libcurl (Debian: apt-get install libcurl4): %s", dlerror());
+        return -1;
+    }
+    if (!(net.crypto = open_first(crypto_names))) {
+        nib_error("checksums need OpenSSL's libcrypto (Debian: apt-get install libssl3): %s",
+                  dlerror());
+        return -1;
+    }
+    struct {
+        void *lib;
+        const char *name;
+        void **fn;
+    } syms[] = {
+        {net.curl, "curl_global_init", (void **)&net.global_init},
+        {net.curl, "curl_easy_init", (void **)&net.easy_init},
+        {net.curl, "curl_easy_setopt", (void **)&net.easy_setopt},
+        {net.curl, "curl_easy_perform", (void **)&net.easy_perform},
+        {net.curl, "curl_easy_getinfo", (void **)&net.easy_getinfo},
+        {net.curl, "curl_easy_cleanup", (void **)&net.easy_cleanup},
+        {net.curl, "curl_easy_strerror", (void **)&net.easy_strerror},
+        {net.crypto, "EVP_MD_CTX_new", (void **)&net.md_ctx_new},
+        {net.crypto, "EVP_MD_CTX_free", (void **)&net.md_ctx_free},
+        {net.crypto, "EVP_sha256", (void **)&net.sha256},
+        {net.crypto, "EVP_DigestInit_ex", (void **)&net.digest_init},
+        {net.crypto, "EVP_DigestUpdate", (void **)&net.digest_update},
+        {net.crypto, "EVP_DigestFinal_ex", (void **)&net.digest_final},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+        if (!(*syms[i].fn = dlsym(syms[i].lib, syms[i].name))) {
+            nib_error("the installed libcurl or libcrypto lacks %s", syms[i].name);
+            return -1;
+        }
+    return 0;
+}
+
+#define curl_global_init net.global_init
+#define curl_easy_init net.easy_init
+#undef curl_easy_setopt
+#undef curl_easy_getinfo
+#define curl_easy_setopt net.easy_setopt
+#define curl_easy_perform net.easy_perform
+#define curl_easy_getinfo net.easy_getinfo
+#define curl_easy_cleanup net.easy_cleanup
+#define curl_easy_strerror net.easy_strerror
+#define EVP_MD_CTX_new net.md_ctx_new
+#define EVP_MD_CTX_free net.md_ctx_free
+#define EVP_sha256 net.sha256
+#define EVP_DigestInit_ex net.digest_init
+#define EVP_DigestUpdate net.digest_update
+#define EVP_DigestFinal_ex net.digest_final
+
 
 typedef struct entry {
     const char *name, *repo, *file, *what;
@@ -265,6 +356,8 @@ int nib_pull(int argc, char **argv, const nib_opts *o)
         return NIB_OK;
     }
 
+    if (net_open())
+        return NIB_ERR;
     dl d = {0};
     d.is_tty = isatty(2);
     d.quiet = quiet;

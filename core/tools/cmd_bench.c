@@ -9,6 +9,7 @@
  * tokens one at a time from an empty context (llama-bench's pp512 and
  * tg128).  Nothing here asserts a time; these are figures to read.
  */
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -16,7 +17,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +49,9 @@ static const char bench_usage[] =
     "                      measure a request's round trip and the time to first\n"
     "                      token after a one-character edit at the end of a\n"
     "                      1,500-token prompt\n"
+    "      --nib FILE      with --daemon: also time that nib program, from its\n"
+    "                      start to its first byte on the socket, and to the\n"
+    "                      first byte of an answer from the warm daemon\n"
     "  -h, --help          show this help\n";
 
 static double now_s(void)
@@ -274,7 +282,128 @@ static json_t *timed_request(nb_client *c, const char *req, double *first_ms, do
     }
 }
 
-static int bench_daemon(const char *path, int threads, int json)
+/* Start nib with args, in an environment whose runtime and config
+ * directories are under dir; stdout is a pipe (*out_fd) unless out_fd is
+ * NULL; stdin and stderr are /dev/null. */
+static pid_t spawn_nib(const char *nib, const char *dir, char *const args[], int *out_fd)
+{
+    int po[2] = {-1, -1};
+    if (out_fd && pipe(po))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        char run[600], cfg[600];
+        snprintf(run, sizeof run, "%s/run", dir);
+        snprintf(cfg, sizeof cfg, "%s/cfg", dir);
+        setenv("XDG_RUNTIME_DIR", run, 1);
+        setenv("XDG_CONFIG_HOME", cfg, 1);
+        setenv("NIBBLE_NOHISTORY", "1", 1);
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        dup2(out_fd ? po[1] : null, 1);
+        dup2(null, 2);
+        if (out_fd)
+            close(po[0]), close(po[1]);
+        execv(nib, args);
+        _exit(127);
+    }
+    if (out_fd) {
+        close(po[1]);
+        *out_fd = po[0];
+    }
+    return pid;
+}
+
+/* nib's own figures: start-up to the first byte it sends (against a socket
+ * that only listens), and, against the warm daemon on sock, the time to
+ * the first byte of the answer on its stdout.  Medians over reps runs. */
+static int bench_nib(const char *nib, const char *sock, double *startup_ms, double *ttft_ms)
+{
+    enum { REPS = 21 };
+    char dir[] = "/tmp/nibble-nib-XXXXXX";
+    if (!mkdtemp(dir))
+        return -1;
+    char path[700];
+    snprintf(path, sizeof path, "%s/run", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/run/nibble", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/run/nibble/nibd.sock", dir);
+    int rc = -1;
+    double st[REPS], tt[REPS];
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        goto out;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, 4))
+        goto out;
+    char *args[] = {(char *)nib, "--raw", "-n", "1", "hello", NULL};
+    for (int i = 0; i < REPS; i++) {
+        double t0 = now_s();
+        pid_t pid = spawn_nib(nib, dir, args, NULL);
+        struct pollfd pf = {lfd, POLLIN, 0};
+        int cfd = pid > 0 && poll(&pf, 1, 10000) == 1 ? accept(lfd, NULL, NULL) : -1;
+        char b;
+        struct pollfd pc = {cfd, POLLIN, 0};
+        int got = cfd >= 0 && poll(&pc, 1, 10000) == 1 && read(cfd, &b, 1) == 1;
+        st[i] = (now_s() - t0) * 1e3;
+        if (cfd >= 0)
+            close(cfd); /* nib reports the closed connection and exits */
+        if (pid > 0)
+            waitpid(pid, NULL, 0);
+        if (!got)
+            goto out;
+    }
+    /* the warm daemon: a config file pointing at its socket */
+    snprintf(path, sizeof path, "%s/cfg", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/cfg/nibble", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/cfg/nibble/config", dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        goto out;
+    fprintf(f, "socket = %s\n", sock);
+    fclose(f);
+    for (int i = 0; i < REPS; i++) {
+        char q[64];
+        snprintf(q, sizeof q, "What is %d times %d?", i + 2, i + 7);
+        char *qa[] = {(char *)nib, "-o", "temperature=0", "-n", "4", q, NULL};
+        int ofd = -1;
+        double t0 = now_s();
+        pid_t pid = spawn_nib(nib, dir, qa, &ofd);
+        char b;
+        struct pollfd pf = {ofd, POLLIN, 0};
+        int got = pid > 0 && poll(&pf, 1, 60000) == 1 && read(ofd, &b, 1) == 1;
+        tt[i] = (now_s() - t0) * 1e3;
+        char sink[4096];
+        while (ofd >= 0 && read(ofd, sink, sizeof sink) > 0)
+            ;
+        if (ofd >= 0)
+            close(ofd);
+        int status = 1;
+        if (pid > 0)
+            waitpid(pid, &status, 0);
+        if (!got || !WIFEXITED(status) || WEXITSTATUS(status))
+            goto out;
+    }
+    qsort(st, REPS, sizeof st[0], cmp_double);
+    qsort(tt, REPS, sizeof tt[0], cmp_double);
+    *startup_ms = st[REPS / 2];
+    *ttft_ms = tt[REPS / 2];
+    rc = 0;
+out:
+    if (lfd >= 0)
+        close(lfd);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        rc = -1;
+    return rc;
+}
+
+static int bench_daemon(const char *path, int threads, int json, const char *nib)
 {
     char dir[] = "/tmp/nibble-bench-XXXXXX";
     if (!mkdtemp(dir))
@@ -356,6 +485,11 @@ static int bench_daemon(const char *path, int threads, int json)
     }
     int failed = !text;
     free(text);
+    double nib_start = -1, nib_ttft = -1;
+    if (!failed && nib && bench_nib(nib, sock, &nib_start, &nib_ttft)) {
+        tool_error("could not time %s against the daemon", nib);
+        failed = 1;
+    }
     json_decref(timed_request(c, "{\"op\":\"shutdown\"}", &first, &total));
     nb_client_close(c);
     for (int i = 0; i < 100 && access(sock, F_OK) == 0; i++)
@@ -370,6 +504,10 @@ static int bench_daemon(const char *path, int threads, int json)
                               "tokenize_rtt_us_p99", tk[REPS * 99 / 100] * 1e3, "prompt_tokens", n_tok,
                               "cold_prompt_ms", cold, "edit_cached", n_cached, "edit_evaluated",
                               n_eval, "edit_first_token_ms", edit_first);
+        if (nib) {
+            json_object_set_new(o, "nib_startup_ms", json_real(nib_start));
+            json_object_set_new(o, "nib_first_token_ms", json_real(nib_ttft));
+        }
         char *js = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
         puts(js ? js : "{}");
         free(js);
@@ -381,6 +519,10 @@ static int bench_daemon(const char *path, int threads, int json)
         printf("%d-token prompt: %.0f ms cold; after a one-character edit at its end, first "
                "token in %.1f ms (%d tokens reused, %d evaluated)\n",
                n_tok, cold, edit_first, n_cached, n_eval);
+        if (nib)
+            printf("nib: %.2f ms from start to its first byte on the socket; %.1f ms from start "
+                   "to the first byte of an answer from the warm daemon (medians of 21)\n",
+                   nib_start, nib_ttft);
     }
     return EXIT_OK;
 }
@@ -391,11 +533,12 @@ int cmd_bench(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"threads", required_argument, 0, 't'},
         {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
         {"reps", required_argument, 0, 'r'},  {"json", no_argument, 0, 'J'},
-        {"daemon", no_argument, 0, 'D'},
+        {"daemon", no_argument, 0, 'D'},      {"nib", required_argument, 0, 'N'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *path = getenv("NIBBLE_MODEL");
     long threads = 0, n_prompt = 512, n_gen = 128, reps = 1;
     int json = 0, daemon = 0, c;
+    const char *nib = NULL;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:p:n:r:h", opts, NULL)) != -1) {
         switch (c) {
@@ -418,6 +561,7 @@ int cmd_bench(int argc, char **argv)
             break;
         case 'J': json = 1; break;
         case 'D': daemon = 1; break;
+        case 'N': nib = optarg; break;
         case 'h': fputs(bench_usage, stdout); return EXIT_OK;
         default: return tool_usage_error("bench", "unknown option");
         }
@@ -426,8 +570,10 @@ int cmd_bench(int argc, char **argv)
         return tool_usage_error("bench", "unexpected argument '%s'", argv[optind]);
     if (!path || !*path)
         return tool_usage_error("bench", "no model: give -m FILE or set NIBBLE_MODEL");
+    if (nib && !daemon)
+        return tool_usage_error("bench", "--nib goes with --daemon");
     if (daemon)
-        return bench_daemon(path, (int)threads, json);
+        return bench_daemon(path, (int)threads, json, nib);
 
     double t0 = now_s();
     nb_model *m = open_model(path, 0);
