@@ -238,7 +238,7 @@ install: all
 		'$(PREFIX)' '$(LIBDIR)' '$(INCDIR)' \
 		"$$(sed -n 's/^#define NB_VERSION "\(.*\)"/\1/p' core/include/nibble.h)" > $(DESTDIR)$(LIBDIR)/pkgconfig/nibble.pc
 	install -m 644 core/include/nibble.h $(DESTDIR)$(INCDIR)/
-	install -m 644 doc/nibble.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 doc/nibble.1 doc/nib.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 doc/nibd.8 $(DESTDIR)$(MANDIR)/man8/
 
 uninstall:
