@@ -244,7 +244,7 @@ install: all
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(PROGRAMS)))
 	rm -f $(DESTDIR)$(LIBDIR)/libnibble.a $(DESTDIR)$(LIBDIR)/pkgconfig/nibble.pc
-	rm -f $(DESTDIR)$(INCDIR)/nibble.h $(DESTDIR)$(MANDIR)/man1/nibble.1 $(DESTDIR)$(MANDIR)/man8/nibd.8
+	rm -f $(DESTDIR)$(INCDIR)/nibble.h $(DESTDIR)$(MANDIR)/man1/nibble.1 $(DESTDIR)$(MANDIR)/man1/nib.1 $(DESTDIR)$(MANDIR)/man8/nibd.8
 
 clean:
 	rm -rf build
