@@ -585,7 +585,19 @@ int nib_set_option(nib_opts *o, const char *kv)
     return 0;
 }
 
+static int nib_main(int argc, char **argv, nib_opts *o);
+
 int main(int argc, char **argv)
+{
+    nib_opts o = {0};
+    o.stream = 1;
+    o.sampling = json_object();
+    int rc = nib_main(argc, argv, &o);
+    json_decref(o.sampling); /* every path returns here, so nothing leaks */
+    return rc;
+}
+
+static int nib_main(int argc, char **argv, nib_opts *o)
 {
     /* libedit decodes keys by the locale; nibble's text is UTF-8 always, so
      * a shell left in the C locale still gets UTF-8 line editing */
@@ -601,26 +613,23 @@ int main(int argc, char **argv)
         {"cmd", required_argument, 0, 'C'},     {"init", required_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},          {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0}};
-    nib_opts o = {0};
-    o.stream = 1;
-    o.sampling = json_object();
-    nb_config_defaults(&o.cfg);
+    nb_config_defaults(&o->cfg);
     char err[1024];
-    if (nb_config_load(&o.cfg, NULL, err, sizeof err)) {
+    if (nb_config_load(&o->cfg, NULL, err, sizeof err)) {
         nib_error("%s", err);
         return NIB_ERR;
     }
-    if (o.cfg.system[0])
-        o.system = o.cfg.system;
-    if (o.cfg.chat_template[0])
-        o.tmpl = o.cfg.chat_template;
+    if (o->cfg.system[0])
+        o->system = o->cfg.system;
+    if (o->cfg.chat_template[0])
+        o->tmpl = o->cfg.chat_template;
     /* pull and models are commands only as the first word */
     if (argc > 1 && !strcmp(argv[1], "pull"))
-        return nib_pull(argc - 1, argv + 1, &o);
+        return nib_pull(argc - 1, argv + 1, o);
     if (argc > 1 && !strcmp(argv[1], "models")) {
         if (argc > 2 && !strcmp(argv[2], "--path")) { /* for scripts: which model, if any */
             char def[4096];
-            const char *mp = nib_model_path(&o, def, sizeof def);
+            const char *mp = nib_model_path(o, def, sizeof def);
             if (!mp) {
                 no_model_error();
                 return NIB_ERR;
@@ -637,32 +646,32 @@ int main(int argc, char **argv)
     char *end;
     while ((c = getopt_long(argc, argv, "m:s:t:o:n:cqvhV", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': o.model = optarg; break;
-        case 's': o.system = optarg; break;
-        case 't': o.tmpl = optarg; break;
+        case 'm': o->model = optarg; break;
+        case 's': o->system = optarg; break;
+        case 't': o->tmpl = optarg; break;
         case 'o':
-            if (nib_set_option(&o, optarg))
+            if (nib_set_option(o, optarg))
                 return usage_error("-o wants KEY=NUMBER with a sampling key, not '%s'", optarg);
             break;
         case 'n': {
             long n = strtol(optarg, &end, 10);
             if (*end || end == optarg || n < -1 || n > 1 << 20)
                 return usage_error("-n wants -1 to 1048576, not '%s'", optarg);
-            json_object_set_new(o.sampling, "n_predict", json_integer(n));
+            json_object_set_new(o->sampling, "n_predict", json_integer(n));
             break;
         }
         case 'S': {
             long long s = strtoll(optarg, &end, 10);
             if (*end || end == optarg || s < 0)
                 return usage_error("--seed wants a non-negative integer, not '%s'", optarg);
-            json_object_set_new(o.sampling, "seed", json_integer(s));
+            json_object_set_new(o->sampling, "seed", json_integer(s));
             break;
         }
-        case 'R': o.raw = 1; break;
-        case 'N': o.stream = 0; break;
-        case 'c': o.cont = 1; break;
-        case 'q': o.quiet = 1; break;
-        case 'v': o.verbose = 1; break;
+        case 'R': o->raw = 1; break;
+        case 'N': o->stream = 0; break;
+        case 'c': o->cont = 1; break;
+        case 'q': o->quiet = 1; break;
+        case 'v': o->verbose = 1; break;
         case 'C': cmd_task = optarg; break;
         case 'I': init_shell = optarg; break;
         case 'h': fputs(usage, stdout); return NIB_OK;
@@ -670,19 +679,19 @@ int main(int argc, char **argv)
         default: fputs("Try 'nib --help'.\n", stderr); return NIB_USAGE;
         }
     }
-    if (o.tmpl) {
+    if (o->tmpl) {
         static const char *const known[] = {"chatml", "llama2", "llama3", "alpaca",
                                             "vicuna", "zephyr", "raw", NULL};
         int ok = 0;
         for (int i = 0; known[i]; i++)
-            ok |= !strcmp(known[i], o.tmpl);
+            ok |= !strcmp(known[i], o->tmpl);
         if (!ok) {
-            nib_warn("unknown template '%s'; using the model's own", o.tmpl);
-            o.tmpl = NULL;
+            nib_warn("unknown template '%s'; using the model's own", o->tmpl);
+            o->tmpl = NULL;
         }
     }
-    if (!json_object_get(o.sampling, "n_predict"))
-        json_object_set_new(o.sampling, "n_predict", json_integer(512));
+    if (!json_object_get(o->sampling, "n_predict"))
+        json_object_set_new(o->sampling, "n_predict", json_integer(512));
     if (init_shell)
         return print_init(init_shell);
     struct sigaction sa;
@@ -691,7 +700,7 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     if (cmd_task)
-        return suggest_command(&o, cmd_task);
+        return suggest_command(o, cmd_task);
 
     /* the question: the arguments joined with spaces */
     size_t qlen = 0;
@@ -714,7 +723,7 @@ int main(int argc, char **argv)
     if (!*question && !have_stdin) {
         free(question);
         if (isatty(0))
-            return nib_repl(&o);
+            return nib_repl(o);
         nib_error("nothing to ask: give a question, or pipe text in (the chat needs a terminal)");
         return NIB_USAGE;
     }
@@ -746,33 +755,33 @@ int main(int argc, char **argv)
         nib_error("nothing to ask: the question and stdin are empty");
         return NIB_USAGE;
     }
-    nb_client *cl = nib_connect(&o);
+    nb_client *cl = nib_connect(o);
     if (!cl) {
         free(message);
         return NIB_ERR;
     }
     int rc;
-    if (o.raw) {
+    if (o->raw) {
         json_t *req = json_pack("{s:s, s:s}", "op", "complete", "prompt", message);
-        add_sampling(req, &o);
-        rc = nib_request(cl, &o, req, stdout, NULL);
+        add_sampling(req, o);
+        rc = nib_request(cl, o, req, stdout, NULL);
         json_decref(req);
     } else {
         char id[64] = "";
-        json_t *msgs = o.cont ? nib_conv_load_last(id, sizeof id) : NULL;
-        if (o.cont && !msgs)
+        json_t *msgs = o->cont ? nib_conv_load_last(id, sizeof id) : NULL;
+        if (o->cont && !msgs)
             nib_warn("no earlier conversation to continue; starting a new one");
         if (!msgs) {
             msgs = json_array();
             nib_conv_new_id(id, sizeof id);
-            if (o.system)
+            if (o->system)
                 json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content",
-                                                      o.system));
+                                                      o->system));
         }
         json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", message));
-        json_t *req = nib_chat_request(&o, msgs, id);
+        json_t *req = nib_chat_request(o, msgs, id);
         char *answer = calloc(1, 1);
-        rc = nib_request(cl, &o, req, stdout, &answer);
+        rc = nib_request(cl, o, req, stdout, &answer);
         if (rc == NIB_OK) {
             json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content",
                                                   answer ? answer : ""));
@@ -784,6 +793,5 @@ int main(int argc, char **argv)
     }
     free(message);
     nb_client_close(cl);
-    json_decref(o.sampling);
     return rc;
 }

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -30,6 +31,7 @@
 #include "nibble.h"
 
 static char home[64];
+static pid_t server_pid; /* the test's HTTP server, while one runs */
 
 static double now_ms(void)
 {
@@ -87,6 +89,11 @@ static void stop_daemon(void)
 static int teardown(void **state)
 {
     (void)state;
+    if (server_pid > 0) { /* a test that failed half-way */
+        kill(server_pid, SIGKILL);
+        waitpid(server_pid, NULL, 0);
+        server_pid = 0;
+    }
     if (!home[0])
         return 0;
     char sock[256], lock[300];
@@ -978,9 +985,15 @@ static void server_start(server *s, const char *data, size_t len, const char *et
     s->port = ntohs(sa.sin_port);
     s->pid = fork();
     if (s->pid == 0) {
+        /* it dies with the test, and holds none of the test's output pipes */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 1);
+        dup2(null, 2);
         serve(lfd, data, len, etag, cut);
         _exit(0);
     }
+    server_pid = s->pid;
     close(lfd);
     char ep[64];
     snprintf(ep, sizeof ep, "http://127.0.0.1:%d", s->port);
@@ -991,6 +1004,7 @@ static void server_stop(server *s)
 {
     kill(s->pid, SIGKILL);
     waitpid(s->pid, NULL, 0);
+    server_pid = 0;
 }
 
 static void sha256_hex(const char *data, size_t len, char out[65]);
