@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -479,6 +480,67 @@ static void test_quantize(void **state)
     free(f32);
 }
 
+/* Peak resident set of a program run to completion, in bytes; its output
+ * is discarded.  Returns -1 when it fails. */
+static long long peak_rss(char *const argv[])
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 1);
+        dup2(null, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int status;
+    struct rusage ru;
+    if (pid < 0 || wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
+        return -1;
+    return (long long)ru.ru_maxrss * 1024;
+}
+
+/* nibble run maps the weights in place: its peak RSS stays within the
+ * file, the KV cache and 64 MB of everything else.  The model is big
+ * enough (about 110 MB of Q4_0) that a second copy of the weights would
+ * break the bound. */
+static void test_memory(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    printf("    skipped under AddressSanitizer: its shadow memory counts as resident\n");
+    return;
+#endif
+    char dir[] = "/tmp/nibble-mem-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char f16[256], q4[256];
+    snprintf(f16, sizeof f16, "%s/f16.gguf", dir);
+    snprintf(q4, sizeof q4, "%s/q4_0.gguf", dir);
+    char *out, *err;
+    assert_int_equal(RUN(&out, &err, "synth", "-o", f16, "--embd", "1024", "--layers", "8", "--heads",
+                         "16", "--kv-heads", "4", "--ff", "2816", "--n-vocab", "32000", "--ctx", "2048"),
+                     0);
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "quantize", f16, q4, "Q4_0"), 0);
+    free(out), free(err);
+    unlink(f16);
+    struct stat st;
+    assert_int_equal(stat(q4, &st), 0);
+    const long long n_ctx = 1024, layers = 8, kv_dim = 1024 / 16 * 4;
+    const long long kv = 2 * layers * n_ctx * kv_dim * 2; /* K and V, fp16 */
+    char *argv[] = {(char *)nbt_bin("nibble"), "run", "-m", q4, "-p", "Once upon a time",
+                    "-n", "32", "-c", "1024", "--temp", "0", NULL};
+    const long long rss = peak_rss(argv);
+    assert_true(rss > 0);
+    const long long bound = (long long)st.st_size + kv + (64ll << 20);
+    printf("    peak RSS %.1f MB; file %.1f MB + KV cache %.1f MB + 64 MB = %.1f MB\n", rss / 1048576.0,
+           st.st_size / 1048576.0, kv / 1048576.0, bound / 1048576.0);
+    assert_true(rss <= bound);
+    /* and it did read the weights: at least most of the file is resident */
+    assert_true(rss >= st.st_size / 2);
+    unlink(q4);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -493,6 +555,7 @@ int main(void)
         cmocka_unit_test(test_tokenize_and_info),
         cmocka_unit_test(test_synth),
         cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

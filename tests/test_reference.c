@@ -13,6 +13,7 @@
  *    within the tolerance of each other: every reference step is checked
  *    teacher-forced (the reference prefix evaluated with `--tokens`), and
  *    the free-running continuation must match up to the first such tie.
+ * All of it at 2 threads, and 1 thread must give identical output.
  * Models whose tokenizer or architecture arrives in a later issue must be
  * refused with a message that names what is missing.
  */
@@ -64,20 +65,27 @@ static int utf8_scrub(char *s, size_t n)
     return valid;
 }
 
-static json_t *run_eval(const char *model, const char *prompt_arg, const char *prompt, int greedy,
-                        char **stderr_out, int *rc)
+static json_t *run_eval_t(const char *model, const char *prompt_arg, const char *prompt, int greedy,
+                          const char *threads, char **stderr_out, int *rc)
 {
     char top[16], gr[16];
     snprintf(top, sizeof top, "%d", TOP_QUERY);
     snprintf(gr, sizeof gr, "%d", greedy);
     char *argv[] = {(char *)nbt_bin("nibble"), "eval", "-m", (char *)model, (char *)prompt_arg,
-                    (char *)prompt, "--json", "--top", top, "--greedy", gr, NULL};
+                    (char *)prompt, "--json", "--top", top, "--greedy", gr, "-t", (char *)threads, NULL};
     char *out = NULL;
     *rc = nbt_run(argv, &out, stderr_out, 120);
     json_error_t jerr;
     json_t *j = *rc == 0 ? json_loads(out, 0, &jerr) : NULL;
     free(out);
     return j;
+}
+
+/* The checks run at 2 threads; 1 thread must then give the same bits. */
+static json_t *run_eval(const char *model, const char *prompt_arg, const char *prompt, int greedy,
+                        char **stderr_out, int *rc)
+{
+    return run_eval_t(model, prompt_arg, prompt, greedy, "2", stderr_out, rc);
 }
 
 /* Our logit for id at position pos of an eval result, or NAN. */
@@ -122,6 +130,13 @@ static void check_record(const char *model, json_t *ref, int ref_text_valid, tol
     if (!o)
         fail_msg("nibble eval failed (exit %d) on '%s': %s", rc, prompt, err);
     free(err);
+    json_t *o1 = run_eval_t(model, "-p", prompt, (int)json_array_size(rgreedy), "1", &err, &rc);
+    if (!o1)
+        fail_msg("nibble eval -t 1 failed (exit %d) on '%s': %s", rc, prompt, err);
+    free(err);
+    if (!json_equal(o, o1))
+        fail_msg("prompt '%s': 1 thread and 2 threads give different results", prompt);
+    json_decref(o1);
 
     /* prompt tokens identical */
     json_t *otok = json_object_get(o, "tokens"), *otop = json_object_get(o, "top"),
