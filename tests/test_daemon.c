@@ -218,6 +218,19 @@ static void test_agreement(void **state)
             assert_int_equal(num(fin, "id"), pi);
             assert_string_equal(got, want);
             json_decref(fin);
+            free(got);
+            /* these models have no FIM tokens: with "fallback": "prefix" an
+             * infill completes its prefix, and says so */
+            send_json(c, "{\"op\":\"infill\",\"id\":%d,\"prefix\":\"%s\",\"suffix\":\"THE END\","
+                         "\"fallback\":\"prefix\",\"n_predict\":40,\"temperature\":0}",
+                      pi, prompts[pi]);
+            fin = finish(c, &got);
+            assert_string_equal(got, want);
+            json_t *inf = json_object_get(fin, "infill");
+            assert_true(json_is_false(json_object_get(inf, "fim")));
+            assert_int_equal(num(inf, "suffix_tokens"), 0);
+            assert_int_equal(num(inf, "prefix_dropped"), 0);
+            json_decref(fin);
             free(got), free(want);
         }
         nb_client_close(c);
@@ -458,6 +471,8 @@ static void test_bad_input(void **state)
         {"{\"op\":\"complete\",\"prompt\":\"one two three four five six seven eight nine ten "
          "eleven twelve thirteen fourteen fifteen sixteen seventeen\"}", "context_full"},
         {"{\"op\":\"infill\",\"prefix\":\"a\",\"suffix\":\"b\"}", "unsupported"},
+        {"{\"op\":\"infill\",\"prefix\":\"a\",\"fallback\":\"middle\"}", "invalid_request"},
+        {"{\"op\":\"infill\",\"prefix\":\"a\",\"n_prefix\":-1}", "invalid_request"},
         {"{\"op\":\"chat\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
          "invalid_request"},
         {"{\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"

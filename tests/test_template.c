@@ -189,12 +189,167 @@ static void test_infill(void **state)
     nb_model_close(m);
 }
 
+static int64_t ntok(nb_model *m, const char *s, size_t len)
+{
+    return len ? nb_tokenize(m, s, len, NULL, 0, 0) : 0;
+}
+
+/* Offset of the start of line k (0-based) of s. */
+static size_t line_at(const char *s, int k)
+{
+    size_t off = 0;
+    while (k-- > 0)
+        off = (size_t)(strchr(s + off, '\n') - s) + 1;
+    return off;
+}
+
+/* Token budgets: cuts on line boundaries, the prefix's at every 16th line
+ * (so typing at its end keeps its start), chunks dropped earliest first. */
+static void test_infill_fit(void **state)
+{
+    (void)state;
+    nb_model *m = vocab_model(NULL, 1);
+    char prefix[8192] = "", suffix[4096] = "";
+    for (int i = 0; i < 100; i++)
+        snprintf(prefix + strlen(prefix), sizeof prefix - strlen(prefix), "line %d of the prefix\n", i);
+    strcat(prefix, "int x = ");
+    for (int i = 0; i < 50; i++)
+        snprintf(suffix + strlen(suffix), sizeof suffix - strlen(suffix), "after %d\n", i);
+    nb_token *ids;
+    int64_t n;
+    char err[256];
+
+    /* no budgets: exactly nb_infill_tokens */
+    nb_infill_fit f = {0};
+    nb_token *ids0;
+    int64_t n0;
+    assert_int_equal(nb_infill_tokens(m, prefix, suffix, NULL, 0, &ids0, &n0, NULL, 0), NB_OK);
+    assert_int_equal(nb_infill_tokens_fit(m, prefix, suffix, NULL, 0, &f, &ids, &n, err, sizeof err),
+                     NB_OK);
+    assert_int_equal(n, n0);
+    assert_memory_equal(ids, ids0, (size_t)n * sizeof *ids);
+    assert_true(f.fim);
+    assert_int_equal(f.prefix_dropped + f.suffix_dropped, 0);
+    free(ids), free(ids0);
+
+    /* a prefix budget: the kept part starts at line 16k, the first such
+     * start that fits */
+    const int budget = 1000;
+    f = (nb_infill_fit){.n_prefix = budget, .n_suffix = 100};
+    assert_int_equal(nb_infill_tokens_fit(m, prefix, suffix, NULL, 0, &f, &ids, &n, err, sizeof err),
+                     NB_OK);
+    free(ids);
+    size_t len = strlen(prefix), cut = f.prefix_dropped;
+    int k = 0;
+    while (line_at(prefix, k) < cut)
+        k++;
+    assert_int_equal(line_at(prefix, k), cut); /* a line start ... */
+    assert_int_equal(k % 16, 0);               /* ... at a multiple of 16 */
+    assert_true(k > 0);
+    assert_int_equal(f.prefix_tokens, ntok(m, prefix + cut, len - cut));
+    assert_true(f.prefix_tokens <= budget);
+    size_t before = line_at(prefix, k - 16);
+    assert_true(ntok(m, prefix + before, len - before) > budget);
+    /* the suffix: whole lines, as many as fit */
+    size_t kept = strlen(suffix) - f.suffix_dropped;
+    assert_true(kept > 0 && suffix[kept - 1] == '\n');
+    assert_true(f.suffix_tokens <= 100);
+    size_t next = (size_t)(strchr(suffix + kept, '\n') - suffix) + 1;
+    assert_true(ntok(m, suffix, next) > 100);
+
+    /* typing at the end keeps the start until the budget is crossed; each
+     * start is the first 16th line from which the rest fits (a linear scan
+     * here, a binary search there) */
+    char typed[8800];
+    size_t same = 0, moved = 0, last = cut;
+    for (int i = 0; i < 120; i++) {
+        snprintf(typed, sizeof typed, "%s", prefix);
+        memset(typed + len, (int)'z', (size_t)i * 4);
+        typed[len + (size_t)i * 4] = 0;
+        size_t tl = strlen(typed), want = 0;
+        for (int line = 16; line < 100; line += 16)
+            if (ntok(m, typed + line_at(typed, line), tl - line_at(typed, line)) <= budget) {
+                want = line_at(typed, line);
+                break;
+            }
+        if (!want)
+            break; /* the last lines alone exceed the budget: finer cuts apply */
+        nb_infill_fit g = {.n_prefix = budget};
+        assert_int_equal(nb_infill_tokens_fit(m, typed, "", NULL, 0, &g, &ids, &n, err, sizeof err),
+                         NB_OK);
+        free(ids);
+        assert_int_equal(g.prefix_dropped, want);
+        if (g.prefix_dropped == last)
+            same++;
+        else
+            moved++, last = g.prefix_dropped;
+    }
+    assert_true(moved >= 1);   /* the window did move on ... */
+    assert_true(same > 8 * moved); /* ... but in rare jumps */
+
+    /* one line longer than the budget: the last budget tokens */
+    char huge[3000];
+    memset(huge, 'q', sizeof huge - 1);
+    huge[sizeof huge - 1] = 0;
+    f = (nb_infill_fit){.n_prefix = 50};
+    assert_int_equal(nb_infill_tokens_fit(m, huge, "", NULL, 0, &f, &ids, &n, err, sizeof err), NB_OK);
+    free(ids);
+    assert_int_equal(f.prefix_tokens, 50);
+
+    /* n_max: chunks that do not fit go, the earliest first */
+    nb_chunk chunks[3] = {{"a.c", "int a;\n"}, {"b.c", "int b;\n"}, {"c.c", "int c;\n"}};
+    f = (nb_infill_fit){.n_prefix = 0};
+    assert_int_equal(nb_infill_tokens_fit(m, "x", "y", chunks, 3, &f, &ids, &n, err, sizeof err), NB_OK);
+    free(ids);
+    assert_int_equal(f.chunks_used, 3);
+    int64_t all = n;
+    nb_infill_fit one = {0};
+    assert_int_equal(nb_infill_tokens_fit(m, "x", "y", chunks + 2, 1, &one, &ids, &n, err, sizeof err),
+                     NB_OK);
+    free(ids);
+    f = (nb_infill_fit){.n_max = (int)n + 1}; /* room for the last chunk only */
+    assert_int_equal(nb_infill_tokens_fit(m, "x", "y", chunks, 3, &f, &ids, &n, err, sizeof err), NB_OK);
+    assert_int_equal(f.chunks_used, 1);
+    assert_true(n < all && n <= f.n_max);
+    free(ids);
+    /* a total budget also bounds prefix + suffix */
+    f = (nb_infill_fit){.n_max = 300};
+    assert_int_equal(nb_infill_tokens_fit(m, prefix, suffix, chunks, 3, &f, &ids, &n, err, sizeof err),
+                     NB_OK);
+    free(ids);
+    assert_true(n <= 300);
+    assert_true(f.suffix_tokens <= 300 / 4);
+    assert_true(f.prefix_dropped > 0);
+    /* too small for the markers */
+    f = (nb_infill_fit){.n_max = 3};
+    assert_int_equal(nb_infill_tokens_fit(m, "x", "y", NULL, 0, &f, &ids, &n, err, sizeof err),
+                     NB_ERR_INVALID);
+    nb_model_close(m);
+
+    /* without FIM tokens: refused, or with the fallback the prefix alone */
+    m = vocab_model(NULL, 0);
+    f = (nb_infill_fit){0};
+    assert_int_equal(nb_infill_tokens_fit(m, "abc", "def", NULL, 0, &f, &ids, &n, err, sizeof err),
+                     NB_ERR_UNSUPPORTED);
+    f = (nb_infill_fit){.fallback_prefix = 1};
+    assert_int_equal(nb_infill_tokens_fit(m, "abc", "def", NULL, 0, &f, &ids, &n, err, sizeof err),
+                     NB_OK);
+    assert_false(f.fim);
+    nb_token want[64];
+    int64_t nw = nb_tokenize(m, "abc", 3, want, 64, NB_TOK_ADD_SPECIAL);
+    assert_int_equal(n, nw);
+    assert_memory_equal(ids, want, (size_t)n * sizeof *ids);
+    free(ids);
+    nb_model_close(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render),
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_infill),
+        cmocka_unit_test(test_infill_fit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -221,6 +221,20 @@ static void parse_infill(parse *p, nbd_request *r)
     r->prefix = r->suffix = "";
     get_str(p, "prefix", &r->prefix, NULL, 0);
     get_str(p, "suffix", &r->suffix, NULL, 0);
+    long long v = 0;
+    get_int(p, "n_prefix", 0, 1 << 20, &v);
+    r->n_prefix = (int)v;
+    v = 0;
+    get_int(p, "n_suffix", 0, 1 << 20, &v);
+    r->n_suffix = (int)v;
+    const char *fb = NULL;
+    get_str(p, "fallback", &fb, NULL, 16);
+    if (fb && !p->failed) {
+        if (!strcmp(fb, "prefix"))
+            r->fallback_prefix = 1;
+        else if (strcmp(fb, "none"))
+            fail(p, "fallback must be \"prefix\" or \"none\", not '%s'", fb);
+    }
     json_t *ctx = json_object_get(p->obj, "context");
     if (!ctx || p->failed)
         return;

@@ -47,6 +47,8 @@ typedef struct nbd_request {
     const char *prefix, *suffix;
     nbd_chunk *chunks;
     int n_chunks;
+    int n_prefix, n_suffix;  /* token budgets, 0 = the daemon's choice */
+    int fallback_prefix;     /* "fallback": "prefix" */
     /* chat */
     nbd_message *messages;
     int n_messages;

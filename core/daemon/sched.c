@@ -308,6 +308,16 @@ static void finish_slot(nbd_sched *s, slot *sl, const char *reason)
         json_object_set_new(o, "text", json_stringn(sl->text ? sl->text : "", sl->text_len));
     if (o && job->warning)
         json_object_set_new(o, "warning", json_string(job->warning));
+    if (o && job->req.op == NBD_OP_INFILL) {
+        const nb_infill_fit *f = &job->fit;
+        json_object_set_new(
+            o, "infill",
+            json_pack("{s:b, s:i, s:i, s:I, s:I, s:i, s:i}", "fim", f->fim, "prefix_tokens",
+                      f->prefix_tokens, "suffix_tokens", f->suffix_tokens, "prefix_dropped",
+                      (json_int_t)f->prefix_dropped, "suffix_dropped", (json_int_t)f->suffix_dropped,
+                      "chunks_used", f->chunks_used, "chunks_dropped",
+                      job->req.n_chunks - f->chunks_used));
+    }
     nbd_log(3, "slot %d: %s after %d prompt (%d cached) and %d generated tokens", sl->id, reason,
             sl->n_prompt, sl->n_cached, sl->n_generated);
     /* the slot is free before the client hears so: a status request sent
@@ -335,11 +345,22 @@ static nb_token *request_tokens(nbd_sched *s, nbd_job *job, int *n)
         }
         for (int i = 0; i < r->n_chunks; i++)
             chunks[i] = (nb_chunk){r->chunks[i].name, r->chunks[i].text};
-        nb_status st = nb_infill_tokens(m, r->prefix, r->suffix, chunks, r->n_chunks, &toks, &cnt,
-                                        msg, sizeof msg);
+        /* room for the answer: n_predict tokens, but at most half the
+         * context (a quarter when it is open-ended) */
+        int reserve = r->n_predict > 0 ? MIN(r->n_predict, s->n_ctx / 2) : s->n_ctx / 4;
+        job->fit = (nb_infill_fit){.n_prefix = r->n_prefix,
+                                   .n_suffix = r->n_suffix,
+                                   .n_max = s->n_ctx - reserve,
+                                   .fallback_prefix = r->fallback_prefix};
+        nb_status st = nb_infill_tokens_fit(m, r->prefix, r->suffix, chunks, r->n_chunks,
+                                            &job->fit, &toks, &cnt, msg, sizeof msg);
         free(chunks);
         if (st) {
-            fail_job(job, st == NB_ERR_UNSUPPORTED ? NBD_E_UNSUPPORTED : NBD_E_INTERNAL, msg);
+            fail_job(job,
+                     st == NB_ERR_UNSUPPORTED ? NBD_E_UNSUPPORTED
+                     : st == NB_ERR_INVALID   ? NBD_E_CONTEXT
+                                              : NBD_E_INTERNAL,
+                     msg);
             return NULL;
         }
     } else if (r->op == NBD_OP_COMPLETE && r->tokens) {

@@ -37,6 +37,7 @@ typedef struct nbd_job {
     atomic_int finished;   /* its final event is on its way: no longer cancellable */
     double t_queued;
     const char *warning;   /* static text for the final event, or NULL */
+    nb_infill_fit fit;     /* infill: what the prompt kept */
     struct nbd_job *next;  /* scheduler queue */
 } nbd_job;
 

@@ -282,6 +282,31 @@ NB_API nb_status nb_infill_tokens(const nb_model *m, const char *prefix, const c
                                   const nb_chunk *chunks, int n_chunks, nb_token **out,
                                   int64_t *n_out, char *err, size_t errlen);
 
+/* Budgets for an infill prompt, and what was kept.  Cuts fall on line
+ * boundaries, and the prefix is cut only at every 16th line from its start,
+ * so that while someone types at the end of a long prefix the kept part
+ * keeps the same start and a server's prefix cache stays valid. */
+typedef struct nb_infill_fit {
+    int n_prefix;        /* in: most prefix tokens kept (its end); 0 = all */
+    int n_suffix;        /* in: most suffix tokens kept (its start); 0 = all */
+    int n_max;           /* in: the whole prompt at most this; 0 = no limit.
+                            Chunks are dropped first (the earliest first),
+                            then the suffix and the prefix shrink */
+    int fallback_prefix; /* in: a model without FIM tokens completes the
+                            (trimmed) prefix as plain text instead of failing */
+    int fim;             /* out: 1 when the FIM format was used */
+    int prefix_tokens, suffix_tokens; /* out: tokens kept of each */
+    size_t prefix_dropped, suffix_dropped; /* out: bytes cut from the prefix's
+                                              front and the suffix's end */
+    int chunks_used;     /* out: chunks that fit (the latest ones) */
+} nb_infill_fit;
+
+/* nb_infill_tokens within budgets (fit may not be NULL).  NB_ERR_INVALID
+ * when the markers alone exceed n_max. */
+NB_API nb_status nb_infill_tokens_fit(const nb_model *m, const char *prefix, const char *suffix,
+                                      const nb_chunk *chunks, int n_chunks, nb_infill_fit *fit,
+                                      nb_token **out, int64_t *n_out, char *err, size_t errlen);
+
 /* ------------------------------------------------------------------ */
 /* Evaluation contexts (KV cache + scratch)                            */
 

@@ -318,46 +318,259 @@ static void tv_text(tokvec *t, const nb_model *m, const char *s, size_t len)
     t->n += nb_tokenize(m, s, len, t->v + t->n, need, 0);
 }
 
-nb_status nb_infill_tokens(const nb_model *m, const char *prefix, const char *suffix,
-                           const nb_chunk *chunks, int n_chunks, nb_token **out, int64_t *n_out,
-                           char *err, size_t errlen)
+/* Token count of text (no special handling), or -1. */
+static int64_t count_tokens(const nb_model *m, const char *s, size_t len)
+{
+    return len ? nb_tokenize(m, s, len, NULL, 0, 0) : 0;
+}
+
+/* Offsets just after each '\n' of s[0..len) (line starts other than 0);
+ * *n gets their number.  NULL with *n = 0 when there are none; -1 in *n
+ * when out of memory. */
+static size_t *line_starts(const char *s, size_t len, int64_t *n)
+{
+    int64_t k = 0;
+    for (size_t i = 0; i < len; i++)
+        k += s[i] == '\n' && i + 1 < len;
+    *n = 0;
+    if (!k)
+        return NULL;
+    size_t *v = malloc((size_t)k * sizeof *v);
+    if (!v) {
+        *n = -1;
+        return NULL;
+    }
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '\n' && i + 1 < len)
+            v[(*n)++] = i + 1;
+    return v;
+}
+
+/* Where the kept tail of a prefix starts so that it is at most budget
+ * tokens: the first of the line starts 16, 32, 48... that fits (counts
+ * shrink as the cut moves on, so a binary search finds it), else the first
+ * line start of all that fits.  *found = 0 when no line start does
+ * either; the caller then cuts tokens. */
+static int tail_start(const nb_model *m, const char *s, size_t len, int64_t budget, size_t *at,
+                      int *found)
+{
+    *at = 0;
+    *found = 1;
+    int64_t n = count_tokens(m, s, len);
+    if (n < 0)
+        return -1;
+    if (n <= budget)
+        return 0;
+    int64_t nl;
+    size_t *ls = line_starts(s, len, &nl);
+    if (nl < 0)
+        return -1;
+    for (int step = 16; step >= 1; step = step == 16 ? 1 : 0) {
+        /* candidates: ls[step-1], ls[2*step-1], ... */
+        int64_t lo = 0, hi = nl / step; /* search k in [1, hi] */
+        int64_t best = -1;
+        while (lo < hi) {
+            int64_t mid = lo + (hi - lo) / 2 + 1; /* in [lo+1, hi] */
+            size_t off = ls[mid * step - 1];
+            int64_t c = count_tokens(m, s + off, len - off);
+            if (c < 0) {
+                free(ls);
+                return -1;
+            }
+            if (c <= budget) {
+                best = mid;
+                hi = mid - 1;
+            } else {
+                lo = mid;
+            }
+        }
+        if (best > 0) {
+            *at = ls[best * step - 1];
+            free(ls);
+            return 0;
+        }
+    }
+    free(ls);
+    *found = 0;
+    return 0;
+}
+
+/* Where the kept head of a suffix ends so that it is at most budget
+ * tokens: the last line end that fits; *found = 0 when none does. */
+static int head_end(const nb_model *m, const char *s, size_t len, int64_t budget, size_t *at,
+                    int *found)
+{
+    *at = len;
+    *found = 1;
+    int64_t n = count_tokens(m, s, len);
+    if (n < 0)
+        return -1;
+    if (n <= budget)
+        return 0;
+    int64_t nl;
+    size_t *ls = line_starts(s, len, &nl);
+    if (nl < 0)
+        return -1;
+    int64_t lo = 0, hi = nl, best = -1; /* k in [1, nl]: keep s[0, ls[k-1]) */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2 + 1;
+        int64_t c = count_tokens(m, s, ls[mid - 1]);
+        if (c < 0) {
+            free(ls);
+            return -1;
+        }
+        if (c <= budget) {
+            best = mid;
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if (best > 0)
+        *at = ls[best - 1];
+    else
+        *found = 0;
+    free(ls);
+    return 0;
+}
+
+/* Append text cut to a token budget: keep its tail (tail = 1) or its head.
+ * Returns the tokens appended; *dropped gets the bytes left out. */
+static int64_t tv_text_fit(tokvec *t, const nb_model *m, const char *s, int64_t budget, int tail,
+                           size_t *dropped)
+{
+    size_t len = strlen(s), at;
+    int found = 1;
+    *dropped = 0;
+    int64_t before = t->n;
+    if (budget > 0 && (tail ? tail_start(m, s, len, budget, &at, &found)
+                            : head_end(m, s, len, budget, &at, &found))) {
+        t->failed = 1;
+        return 0;
+    }
+    if (budget <= 0 || found) {
+        const char *from = budget > 0 && tail ? s + at : s;
+        size_t n = budget <= 0 ? len : tail ? len - at : at;
+        tv_text(t, m, from, n);
+        *dropped = len - n;
+        return t->n - before;
+    }
+    /* one line longer than the budget: cut tokens, not lines */
+    tokvec all = {0};
+    tv_text(&all, m, s, len);
+    if (all.failed) {
+        free(all.v);
+        t->failed = 1;
+        return 0;
+    }
+    int64_t keep = all.n < budget ? all.n : budget;
+    const nb_token *from = tail ? all.v + all.n - keep : all.v;
+    for (int64_t i = 0; i < keep; i++)
+        tv_push(t, from[i]);
+    *dropped = len; /* an approximation: the text is no longer whole lines */
+    free(all.v);
+    return t->n - before;
+}
+
+/* Tokens a chunk adds: its name line and text, after a separator. */
+static void tv_chunk(tokvec *t, const nb_model *m, const nb_chunk *c)
+{
+    const nbi_vocab *v = &m->vocab;
+    const char *name = c->name ? c->name : "";
+    if (v->fim_sep >= 0) {
+        tv_push(t, v->fim_sep);
+        tv_text(t, m, name, strlen(name));
+        tv_text(t, m, "\n", 1);
+    } else if (*name) {
+        tv_text(t, m, name, strlen(name));
+        tv_text(t, m, "\n", 1);
+    }
+    tv_text(t, m, c->text, strlen(c->text));
+    tv_text(t, m, "\n\n", 2);
+}
+
+nb_status nb_infill_tokens_fit(const nb_model *m, const char *prefix, const char *suffix,
+                               const nb_chunk *chunks, int n_chunks, nb_infill_fit *fit,
+                               nb_token **out, int64_t *n_out, char *err, size_t errlen)
 {
     const nbi_vocab *v = &m->vocab;
     *out = NULL;
     *n_out = 0;
-    if (!nb_model_has_fim(m))
+    fit->fim = nb_model_has_fim(m);
+    fit->prefix_tokens = fit->suffix_tokens = fit->chunks_used = 0;
+    fit->prefix_dropped = fit->suffix_dropped = 0;
+    if (!fit->fim && !fit->fallback_prefix)
         return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
                        "model '%s' has no fill-in-the-middle tokens", m->name[0] ? m->name : m->path);
-    tokvec t = {0};
-    if (v->add_bos && v->bos >= 0)
-        tv_push(&t, v->bos);
-    /* Other files first: with the model's file separator when it has one
-     * (repository-level FIM, as Qwen2.5-Coder was trained), else as text. */
-    for (int i = 0; i < n_chunks; i++) {
-        const char *name = chunks[i].name ? chunks[i].name : "";
-        if (v->fim_sep >= 0) {
-            tv_push(&t, v->fim_sep);
-            tv_text(&t, m, name, strlen(name));
-            tv_text(&t, m, "\n", 1);
-        } else if (*name) {
-            tv_text(&t, m, name, strlen(name));
-            tv_text(&t, m, "\n", 1);
-        }
-        tv_text(&t, m, chunks[i].text, strlen(chunks[i].text));
-        tv_text(&t, m, "\n\n", 2);
+    if (fit->n_prefix < 0 || fit->n_suffix < 0 || fit->n_max < 0 || n_chunks < 0)
+        return nbi_err(err, errlen, NB_ERR_INVALID, "negative infill budget");
+    const int bos = v->add_bos && v->bos >= 0;
+    const int64_t marks = bos + (fit->fim ? 3 : 0);
+    int64_t n_pre = fit->n_prefix, n_suf = fit->fim ? fit->n_suffix : 0;
+    if (fit->n_max) {
+        int64_t room = fit->n_max - marks;
+        if (room < 1)
+            return nbi_err(err, errlen, NB_ERR_INVALID,
+                           "an infill prompt needs more than %d tokens", fit->n_max);
+        /* the suffix gets at most a quarter of the room, the prefix the rest */
+        if (fit->fim && (!n_suf || n_suf > room / 4))
+            n_suf = room / 4 > 0 ? room / 4 : 1;
+        if (!n_pre || n_pre > room - (fit->fim ? n_suf : 0))
+            n_pre = room - (fit->fim ? n_suf : 0);
     }
-    if (n_chunks && v->fim_sep >= 0)
-        tv_push(&t, v->fim_sep);
-    tv_push(&t, v->fim_pre);
-    tv_text(&t, m, prefix, strlen(prefix));
-    tv_push(&t, v->fim_suf);
-    tv_text(&t, m, suffix, strlen(suffix));
-    tv_push(&t, v->fim_mid);
-    if (t.failed) {
+    tokvec pre = {0}, suf = {0}, t = {0};
+    fit->prefix_tokens = (int)tv_text_fit(&pre, m, prefix, n_pre, 1, &fit->prefix_dropped);
+    if (fit->fim)
+        fit->suffix_tokens = (int)tv_text_fit(&suf, m, suffix, n_suf, 0, &fit->suffix_dropped);
+    /* the latest chunks that fit in what is left */
+    int first = n_chunks;
+    if (fit->fim) {
+        int64_t left = fit->n_max ? fit->n_max - marks - pre.n - suf.n : INT64_MAX;
+        for (int i = n_chunks - 1; i >= 0 && !pre.failed && !suf.failed; i--) {
+            tokvec c = {0};
+            tv_chunk(&c, m, &chunks[i]);
+            int64_t need = c.n + (v->fim_sep >= 0 && first == n_chunks); /* the closing separator */
+            free(c.v);
+            if (c.failed || need > left)
+                break;
+            left -= need;
+            first = i;
+        }
+    }
+    fit->chunks_used = n_chunks - first;
+    if (bos)
+        tv_push(&t, v->bos);
+    if (fit->fim) {
+        for (int i = first; i < n_chunks; i++)
+            tv_chunk(&t, m, &chunks[i]);
+        if (first < n_chunks && v->fim_sep >= 0)
+            tv_push(&t, v->fim_sep);
+        tv_push(&t, v->fim_pre);
+    }
+    for (int64_t i = 0; i < pre.n; i++)
+        tv_push(&t, pre.v[i]);
+    if (fit->fim) {
+        tv_push(&t, v->fim_suf);
+        for (int64_t i = 0; i < suf.n; i++)
+            tv_push(&t, suf.v[i]);
+        tv_push(&t, v->fim_mid);
+    }
+    int failed = t.failed || pre.failed || suf.failed;
+    free(pre.v);
+    free(suf.v);
+    if (failed) {
         free(t.v);
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory building the infill prompt");
     }
     *out = t.v;
     *n_out = t.n;
     return NB_OK;
+}
+
+nb_status nb_infill_tokens(const nb_model *m, const char *prefix, const char *suffix,
+                           const nb_chunk *chunks, int n_chunks, nb_token **out, int64_t *n_out,
+                           char *err, size_t errlen)
+{
+    nb_infill_fit fit = {0};
+    return nb_infill_tokens_fit(m, prefix, suffix, chunks, n_chunks, &fit, out, n_out, err, errlen);
 }
