@@ -344,6 +344,8 @@ static void test_prefix_reuse(void **state)
     }
     assert_true(found);
     assert_non_null(str(st, "simd"));
+    assert_true(json_is_false(json_object_get(st, "fim"))); /* stories260K has none */
+    assert_non_null(str(st, "chat_template"));
     json_decref(st);
     nb_client_close(c);
     assert_int_equal(stop(&d), 0);

@@ -105,6 +105,8 @@ struct nbd_sched {
     double t_start, t_active;
     json_t *types;          /* tensors per type, for status */
     char name[256];
+    int fim;                  /* the model has fill-in-the-middle tokens */
+    const char *chat_template; /* static: nb_chat_template_name */
 };
 
 /* ------------------------------------------------------------------ events */
@@ -214,6 +216,8 @@ static int load(nbd_sched *s, char *err, size_t errlen)
         if (info.type_tensors[t])
             json_object_set_new(s->types, nb_type_name(t), json_integer(info.type_tensors[t]));
     snprintf(s->name, sizeof s->name, "%s", info.name);
+    s->fim = nb_model_has_fim(s->model);
+    s->chat_template = nb_chat_template_name(s->model);
     pthread_mutex_lock(&s->mu);
     s->loaded = 1;
     s->loads++;
@@ -844,6 +848,10 @@ json_t *nbd_sched_status(nbd_sched *s)
                           "slots", slots, "uptime_s", now_s() - s->t_start, "rss_bytes",
                           (json_int_t)rss_bytes(), "keep_alive_s", s->o.keep_alive, "requests",
                           (json_int_t)s->n_requests);
+    if (o) {
+        json_object_set_new(o, "fim", json_boolean(s->fim));
+        json_object_set_new(o, "chat_template", json_string(s->chat_template ? s->chat_template : "unknown"));
+    }
     pthread_mutex_unlock(&s->mu);
     return o;
 }
