@@ -23,11 +23,7 @@
 
 #include "nibble.h"
 
-typedef struct daemon_t {
-    pid_t pid;
-    char dir[40];
-    char sock[64];
-} daemon_t;
+typedef nbt_daemon daemon_t;
 
 static double now_ms(void)
 {
@@ -55,67 +51,8 @@ static nb_client *connect_to(const char *sock)
     return c;
 }
 
-/* Start nibd on a private socket with extra arguments; wait for it. */
-static void start(daemon_t *d, const char *model_path, const char *const *extra)
-{
-    snprintf(d->dir, sizeof d->dir, "/tmp/nibd-test-XXXXXX");
-    assert_non_null(mkdtemp(d->dir));
-    snprintf(d->sock, sizeof d->sock, "%s/run/nibd.sock", d->dir);
-    const char *argv[32];
-    int n = 0;
-    argv[n++] = nbt_bin("nibd");
-    argv[n++] = "-m";
-    argv[n++] = model_path;
-    argv[n++] = "--socket";
-    argv[n++] = d->sock;
-    argv[n++] = "--config";
-    argv[n++] = "/dev/null";
-    argv[n++] = "-t";
-    argv[n++] = "2";
-    for (int i = 0; extra && extra[i]; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    char bin[4096];
-    snprintf(bin, sizeof bin, "%s", argv[0]);
-    argv[0] = bin;
-    d->pid = fork();
-    if (d->pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 0);
-        if (!getenv("NIBBLE_TEST_VERBOSE")) {
-            dup2(null, 1);
-            dup2(null, 2);
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    double deadline = now_ms() + 10000;
-    nb_client *c;
-    while (!(c = connect_to(d->sock))) {
-        int status;
-        if (waitpid(d->pid, &status, WNOHANG) == d->pid)
-            fail_msg("nibd exited at start-up (status %d)", status);
-        if (now_ms() > deadline)
-            fail_msg("nibd did not start");
-        usleep(10000);
-    }
-    nb_client_close(c);
-}
-
-static int stop(daemon_t *d)
-{
-    int status = -1;
-    if (d->pid > 0) {
-        kill(d->pid, SIGTERM);
-        waitpid(d->pid, &status, 0);
-        d->pid = 0;
-    }
-    char run[160];
-    snprintf(run, sizeof run, "%s/run", d->dir);
-    rmdir(run);
-    rmdir(d->dir);
-    return status;
-}
+#define start nbt_daemon_start
+#define stop nbt_daemon_stop
 
 static void send_json(nb_client *c, const char *fmt, ...)
 {

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "nibble.h"
+
 static int is_dir(const char *p)
 {
     struct stat st;
@@ -242,4 +244,82 @@ int nbt_run(char *const argv[], char **out, char **err, int timeout_s)
     if (WIFSIGNALED(status))
         return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int daemon_answers(const char *sock)
+{
+    nb_client_params p = nb_client_default_params();
+    p.socket = sock;
+    p.autostart = 0;
+    nb_client *c = NULL;
+    char err[512];
+    if (nb_client_connect(&p, &c, err, sizeof err))
+        return 0;
+    nb_client_close(c);
+    return 1;
+}
+
+void nbt_daemon_start(nbt_daemon *d, const char *model_path, const char *const *extra)
+{
+    snprintf(d->dir, sizeof d->dir, "/tmp/nibd-test-XXXXXX");
+    assert_non_null(mkdtemp(d->dir));
+    snprintf(d->sock, sizeof d->sock, "%s/run/nibd.sock", d->dir);
+    const char *argv[40];
+    int n = 0;
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nibd"));
+    argv[n++] = bin;
+    argv[n++] = "-m";
+    argv[n++] = model_path;
+    argv[n++] = "--socket";
+    argv[n++] = d->sock;
+    argv[n++] = "--config";
+    argv[n++] = "/dev/null";
+    argv[n++] = "-t";
+    argv[n++] = "2";
+    for (int i = 0; extra && extra[i] && n < 39; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    d->pid = fork();
+    if (d->pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        if (!getenv("NIBBLE_TEST_VERBOSE")) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    double deadline = mono_ms() + 10000;
+    while (!daemon_answers(d->sock)) {
+        int status;
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid)
+            fail_msg("nibd exited at start-up (status %d)", status);
+        if (mono_ms() > deadline)
+            fail_msg("nibd did not start");
+        usleep(10000);
+    }
+}
+
+int nbt_daemon_stop(nbt_daemon *d)
+{
+    int status = -1;
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        waitpid(d->pid, &status, 0);
+        d->pid = 0;
+    }
+    char run[160];
+    snprintf(run, sizeof run, "%s/run", d->dir);
+    rmdir(run);
+    rmdir(d->dir);
+    return status;
 }

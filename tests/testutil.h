@@ -45,4 +45,18 @@ char *nbt_write_temp(const void *data, size_t len, const char *suffix);
  * be run.  timeout_s > 0 kills the child after that many seconds. */
 int nbt_run(char *const argv[], char **out, char **err, int timeout_s);
 
+/* A private nibd: started on a socket in a fresh temporary directory with
+ * --config /dev/null, -t 2 and the extra arguments (NULL-terminated, may
+ * be NULL), and waited for until it answers; the test fails otherwise.
+ * Its output goes to /dev/null unless NIBBLE_TEST_VERBOSE is set. */
+typedef struct nbt_daemon {
+    int pid;
+    char dir[40];
+    char sock[64];
+} nbt_daemon;
+
+void nbt_daemon_start(nbt_daemon *d, const char *model_path, const char *const *extra);
+/* SIGTERM, wait, remove the directory; returns the wait status. */
+int nbt_daemon_stop(nbt_daemon *d);
+
 #endif
