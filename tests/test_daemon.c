@@ -338,6 +338,11 @@ static void test_cancel(void **state)
     e = next_event(c, 5000);
     assert_true(json_is_false(json_object_get(e, "ok")));
     json_decref(e);
+    /* status counts it */
+    send_json(c, "{\"op\":\"status\"}");
+    e = next_event(c, 5000);
+    assert_int_equal(num(e, "cancelled"), 1);
+    json_decref(e);
     nb_client_close(c);
 
     /* a client killed mid-stream: the daemon goes on serving others */

@@ -93,6 +93,7 @@ struct nbd_sched {
     int stop;
     int loaded, loads;
     uint64_t n_requests;
+    atomic_ullong n_cancelled; /* requests that ended "cancelled" */
     int *slot_busy, *slot_cached;
     char (*slot_session)[NBD_MAX_ID + 1];
     /* the worker's own */
@@ -132,8 +133,9 @@ static void fail_job(nbd_job *job, const char *code, const char *msg)
     finish_job(job, nbd_event_error(job->req.id, code, msg));
 }
 
-static void cancel_job(nbd_job *job)
+static void cancel_job(nbd_sched *s, nbd_job *job)
 {
+    s->n_cancelled++;
     finish_job(job, nbd_event_object(job->req.id, json_pack("{s:b, s:s}", "done", 1,
                                                             "stop_reason", "cancelled")));
 }
@@ -280,6 +282,8 @@ static void out_text(slot *sl, const char *t, size_t n)
 static void finish_slot(nbd_sched *s, slot *sl, const char *reason)
 {
     nbd_job *job = sl->job;
+    if (!strcmp(reason, "cancelled"))
+        s->n_cancelled++;
     if (strcmp(reason, "stop") && strcmp(reason, "cancelled")) {
         /* text held back by the detokenizer or the stop matcher */
         char buf[16];
@@ -713,7 +717,7 @@ static void *worker(void *arg)
             nbd_job *j = *pp;
             if (atomic_load(&j->cancelled)) {
                 *pp = j->next;
-                cancel_job(j);
+                cancel_job(s, j);
                 continue;
             }
             if (j->req.op == NBD_OP_TOKENIZE) {
@@ -747,7 +751,7 @@ static void *worker(void *arg)
     while (all) {
         nbd_job *j = all;
         all = j->next;
-        cancel_job(j);
+        cancel_job(s, j);
     }
     s->waiting = NULL;
     return NULL;
@@ -850,6 +854,7 @@ json_t *nbd_sched_status(nbd_sched *s)
                           (json_int_t)s->n_requests);
     if (o) {
         json_object_set_new(o, "fim", json_boolean(s->fim));
+        json_object_set_new(o, "cancelled", json_integer((json_int_t)s->n_cancelled));
         json_object_set_new(o, "chat_template", json_string(s->chat_template ? s->chat_template : "unknown"));
     }
     pthread_mutex_unlock(&s->mu);
