@@ -1744,6 +1744,98 @@ static void test_quant_q8_known(void **state)
     assert_int_equal(q0.qs[0], 127);
 }
 
+/* Degenerate blocks (nbi_q8_degenerate in kernels.h): a NaN or an
+ * infinity anywhere, or amax below NBI_Q8_AMAX_MIN, quantizes to an
+ * all-zero block in every activation format, without touching the blocks
+ * around it; amax at the threshold or up to FLT_MAX quantizes normally. */
+static void test_quant_q8_degenerate(void **state)
+{
+    (void)state;
+    static const int types[] = {NB_TYPE_Q8_0, NB_TYPE_Q8_1, NB_TYPE_Q8_K};
+    const float below = nextafterf(NBI_Q8_AMAX_MIN, 0.0f);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int t = types[ti];
+        const int blck = nbi_types[t].blck;
+        const size_t bs = nbi_types[t].size;
+        const size_t qs = t == NB_TYPE_Q8_0 ? offsetof(block_q8_0, qs)
+                        : t == NB_TYPE_Q8_1 ? offsetof(block_q8_1, qs) : offsetof(block_q8_K, qs);
+        uint8_t zero[sizeof(block_q8_K)] = {0}, row[3 * sizeof(block_q8_K)], alone[sizeof(block_q8_K)];
+        float x[3 * QK_K];
+        for (int c = 0; c < 9; c++) {
+            /* blocks 0 and 2 ordinary, block 1 the case */
+            for (int i = 0; i < 3 * blck; i++)
+                x[i] = rnd_uniform(-2.0f, 2.0f);
+            float *y = x + blck;
+            const int p = (7 * c) % blck;
+            int degenerate = 1;
+            switch (c) {
+            case 0: y[p] = NAN; break;
+            case 1: y[p] = -NAN; break;
+            case 2: y[p] = INFINITY; break;
+            case 3: y[p] = -INFINITY; break;
+            case 4: /* all subnormal */
+                for (int i = 0; i < blck; i++)
+                    y[i] = (i % 2 ? -1.0f : 1.0f) * u2f(0x00400000u + (uint32_t)i);
+                break;
+            case 5: /* amax just below the threshold */
+                for (int i = 0; i < blck; i++)
+                    y[i] = below * (i == p ? 1.0f : 0.5f);
+                break;
+            case 6: /* an infinity among finite huge values */
+                for (int i = 0; i < blck; i++)
+                    y[i] = -FLT_MAX;
+                y[p] = INFINITY;
+                break;
+            case 7: /* amax at the threshold: kept */
+                for (int i = 0; i < blck; i++)
+                    y[i] = NBI_Q8_AMAX_MIN * (i == p ? 1.0f : 0.25f);
+                degenerate = 0;
+                break;
+            default: /* amax FLT_MAX: kept */
+                y[p] = -FLT_MAX;
+                degenerate = 0;
+                break;
+            }
+            memset(row, 0xa5, sizeof row);
+            K->from_float[t](x, row, 3 * blck);
+            if (degenerate) {
+                assert_memory_equal(row + bs, zero, bs);
+            } else {
+                /* the largest magnitude maps to 127 with its sign (Q8_0,
+                 * Q8_1) or to -127 (Q8_K) */
+                const int8_t q = (int8_t)row[bs + qs + (size_t)p];
+                assert_int_equal(q, t == NB_TYPE_Q8_K ? -127 : (y[p] < 0 ? -127 : 127));
+                assert_memory_not_equal(row + bs, zero, bs);
+            }
+            for (int b = 0; b < 3; b += 2) {
+                K->from_float[t](x + b * blck, alone, blck);
+                assert_memory_equal(row + (size_t)b * bs, alone, bs);
+            }
+        }
+    }
+    /* The kept extremes, worked out: amax 2^-100 gives Q8_0 d = fp16(0)
+     * (2^-100/127 is far below the smallest half) with the quant 127,
+     * and Q8_K iscale = -127 * 2^100 (exact), d = 1/iscale. */
+    float x[QK_K];
+    memset(x, 0, sizeof x);
+    x[3] = NBI_Q8_AMAX_MIN;
+    block_q8_0 q0;
+    K->from_float[NB_TYPE_Q8_0](x, &q0, QK8_0);
+    assert_int_equal(q0.d, 0);
+    assert_int_equal(q0.qs[3], 127);
+    block_q8_K qk;
+    K->from_float[NB_TYPE_Q8_K](x, &qk, QK_K);
+    CHECK_EQ_F(qk.d, 1.0f / (-127.0f * 0x1p100f), "q8_K d at the threshold");
+    assert_int_equal(qk.qs[3], -127);
+    assert_int_equal(qk.bsums[0], -127);
+    /* amax FLT_MAX: d = FLT_MAX/127 overflows fp16 to infinity (defined,
+     * and what ggml writes); the quant is 127. */
+    x[3] = FLT_MAX;
+    K->from_float[NB_TYPE_Q8_0](x, &q0, QK8_0);
+    assert_int_equal(q0.d, 0x7c00);
+    assert_int_equal(q0.qs[3], 127);
+}
+
 /* Round trip for the 32-element weight quantizers. */
 static void test_quant_small_blocks(void **state)
 {
@@ -2047,6 +2139,7 @@ int main(void)
         cmocka_unit_test(test_vec_dot_lane_order),
         cmocka_unit_test(test_quant_q8),
         cmocka_unit_test(test_quant_q8_known),
+        cmocka_unit_test(test_quant_q8_degenerate),
         cmocka_unit_test(test_quant_small_blocks),
         cmocka_unit_test(test_quant_small_blocks_known),
         cmocka_unit_test(test_quant_iq4_nl),

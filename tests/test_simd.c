@@ -12,7 +12,10 @@
  * with odd strides, and pointers off every vector alignment (though at
  * the alignment of the type, which the references need too).  Results
  * are compared with memcmp; a tile must also leave the output outside its
- * rows untouched.
+ * rows untouched.  The activation quantizers also get degenerate blocks
+ * (NaN or infinity anywhere, subnormals, amax around NBI_Q8_AMAX_MIN,
+ * FLT_MAX) mixed with ordinary ones, and there the reference is checked
+ * against the specification too: a degenerate block is all zeros.
  *
  * Activations are generated in the range the activation quantizers
  * produce (codes -127..127); weights are arbitrary bytes.
@@ -26,6 +29,7 @@
  */
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -661,11 +665,17 @@ static void test_from_float(void **state)
             uint8_t *got = malloc(sz + go), *want = malloc(sz);
             assert_true(xb && got && want);
             float *x = xb + 1; /* 4-byte but not 32-byte aligned */
-            for (int mode = 0; mode < 5; mode++) {
-                quant_input(x, n, is_float ? n : blck, mode);
+            for (int mode = 0; mode < 6; mode++) {
+                quant_input(x, n, is_float ? n : blck, mode < 5 ? mode : 4);
                 if (is_float && mode == 4) /* float formats: NaN and inf too */
                     for (int i = 0; i < n; i++)
                         x[i] = u2f((uint32_t)rnd() | (rnd_int(2) ? 0x7f800000u : 0));
+                if (mode == 5) /* about half the blocks get a NaN or an infinity */
+                    for (int b = 0; b < n / blck; b++)
+                        if (rnd_int(2))
+                            x[(size_t)b * blck + (size_t)rnd_int(blck)] =
+                                u2f(0x7f800000u | (rnd_int(2) ? 0x80000000u : 0) |
+                                    (rnd_int(3) ? (uint32_t)rnd_int(0x800000) : 0));
                 memset(got, 0x55, sz + go);
                 memset(want, 0xaa, sz);
                 K->from_float[t](x, got + go, n);
@@ -679,6 +689,173 @@ static void test_from_float(void **state)
     }
     if (!tested)
         printf("    no accelerated from_float entries\n");
+}
+
+/* Degenerate activation blocks (nbi_q8_degenerate in kernels.h).  Each
+ * kind fills one block; the special element (the NaN, the infinity, the
+ * largest magnitude) goes to position pos.  Returns whether the block is
+ * degenerate by the specification. */
+enum {
+    DG_NAN,       /* one NaN (quiet, negative, signalling, all-ones payload) */
+    DG_PINF,      /* one +inf */
+    DG_NINF,      /* one -inf */
+    DG_NAN_INF,   /* a NaN and an infinity */
+    DG_NAN_TINY,  /* a NaN among subnormals */
+    DG_INF_HUGE,  /* an infinity among +-FLT_MAX */
+    DG_SUBNORMAL, /* all subnormal, the largest one at pos */
+    DG_ZERO,      /* +0 and -0 */
+    DG_BELOW,     /* amax = the float just below the threshold */
+    DG_AT,        /* amax = the threshold: not degenerate */
+    DG_ABOVE,     /* amax = the float just above it */
+    DG_FLT_MAX,   /* amax = FLT_MAX, the rest anywhere up to it */
+    DG_ALL_MAX,   /* every element +-FLT_MAX */
+    DG_KINDS
+};
+
+static const char *const dg_name[DG_KINDS] = {
+    "NaN", "+inf", "-inf", "NaN+inf", "NaN among subnormals", "inf among FLT_MAX",
+    "subnormals", "zeros", "amax below threshold", "amax at threshold",
+    "amax above threshold", "amax FLT_MAX", "all +-FLT_MAX",
+};
+
+static float rnd_sign(void)
+{
+    return rnd_int(2) ? 1.0f : -1.0f;
+}
+
+static int dg_block(float *x, int blck, int kind, int pos)
+{
+    static const uint32_t nans[] = {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xffffffffu, 0x7fa5a5a5u};
+    const float below = nextafterf(NBI_Q8_AMAX_MIN, 0.0f), above = nextafterf(NBI_Q8_AMAX_MIN, 1.0f);
+    const float nan = u2f(nans[(pos + kind) % 5]);
+    float top = 0.0f; /* the magnitude of x[pos] for the scaled kinds */
+    switch (kind) {
+    case DG_NAN: case DG_PINF: case DG_NINF: case DG_NAN_INF:
+        rnd_floats(x, blck, powf(10.0f, (float)(rnd_int(9) - 4)));
+        break;
+    case DG_NAN_TINY: case DG_SUBNORMAL:
+        for (int i = 0; i < blck; i++)
+            x[i] = u2f((uint32_t)rnd_int(0x7fffff) | (rnd_int(2) ? 0x80000000u : 0));
+        break;
+    case DG_INF_HUGE: case DG_ALL_MAX:
+        for (int i = 0; i < blck; i++)
+            x[i] = rnd_sign() * FLT_MAX;
+        break;
+    case DG_ZERO:
+        for (int i = 0; i < blck; i++)
+            x[i] = rnd_int(2) ? 0.0f : -0.0f;
+        break;
+    case DG_BELOW: top = below; break;
+    case DG_AT: top = NBI_Q8_AMAX_MIN; break;
+    case DG_ABOVE: top = above; break;
+    default: top = FLT_MAX; break; /* DG_FLT_MAX */
+    }
+    if (top != 0.0f) /* the rest strictly smaller in magnitude */
+        for (int i = 0; i < blck; i++)
+            x[i] = nextafterf(top, 0.0f) * rnd_float(-1.0f, 1.0f);
+    switch (kind) {
+    case DG_NAN: case DG_NAN_TINY: x[pos] = nan; break;
+    case DG_PINF: x[pos] = INFINITY; break;
+    case DG_NINF: x[pos] = -INFINITY; break;
+    case DG_NAN_INF:
+        x[pos] = nan;
+        x[(pos + 1) % blck] = rnd_sign() * INFINITY;
+        break;
+    case DG_INF_HUGE: x[pos] = rnd_sign() * INFINITY; break;
+    case DG_SUBNORMAL: x[pos] = rnd_sign() * u2f(0x007fffffu); break;
+    case DG_ALL_MAX: case DG_ZERO: break;
+    default: x[pos] = rnd_sign() * top; break;
+    }
+    return kind < DG_AT;
+}
+
+/* Offset of the quants in a block of an activation type. */
+static size_t qs_offset(int t)
+{
+    return t == NB_TYPE_Q8_0 ? offsetof(block_q8_0, qs)
+         : t == NB_TYPE_Q8_1 ? offsetof(block_q8_1, qs) : offsetof(block_q8_K, qs);
+}
+
+static void test_from_float_degenerate(void **state)
+{
+    (void)state;
+    static const int types[] = {NB_TYPE_Q8_0, NB_TYPE_Q8_1, NB_TYPE_Q8_K};
+    int compared = 0, specified = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int t = types[ti];
+        const int blck = nbi_types[t].blck;
+        const size_t bs = nbi_types[t].size;
+        const int simd = K->from_float[t] != R->from_float[t];
+        /* a row of 2 * blck blocks: special ones (the special element at
+         * every position in turn) alternating with ordinary ones */
+        const int nblk = 2 * blck, n = nblk * blck;
+        const size_t sz = nbi_row_size(t, n), go = odd_offset(t, 0);
+        float *xb = malloc(((size_t)n + 1) * sizeof(float));
+        uint8_t *got = malloc(sz + go), *want = malloc(sz), *alone = malloc(bs);
+        uint8_t *zero = calloc(1, bs);
+        int *degen = malloc((size_t)nblk * sizeof *degen);
+        assert_true(xb && got && want && alone && zero && degen);
+        float *x = xb + 1;
+        for (int kind = 0; kind < DG_KINDS; kind++) {
+            for (int b = 0; b < nblk; b++) {
+                float *xblk = x + (size_t)b * blck;
+                degen[b] = -1; /* ordinary */
+                if ((b & 1) == (kind & 1))
+                    degen[b] = dg_block(xblk, blck, kind, b / 2);
+                else
+                    rnd_floats(xblk, blck, powf(10.0f, (float)(rnd_int(9) - 4)));
+            }
+            memset(want, 0xaa, sz);
+            R->from_float[t](x, want, n);
+            /* the specification, on the reference */
+            for (int b = 0; b < nblk; b++) {
+                const uint8_t *blk = want + (size_t)b * bs;
+                const int8_t *qs = (const int8_t *)(blk + qs_offset(t));
+                const int pos = b / 2;
+                specified++;
+                if (degen[b] == 1) {
+                    if (memcmp(blk, zero, bs) != 0) {
+                        print_error("reference %s, %s at %d (block %d): not all zeros\n",
+                                    tname(t), dg_name[kind], pos, b);
+                        fail();
+                    }
+                } else if (degen[b] == 0) {
+                    /* kept: the largest magnitude maps to +-127 */
+                    if (abs(qs[pos]) != 127) {
+                        print_error("reference %s, %s at %d (block %d): quant %d, not +-127\n",
+                                    tname(t), dg_name[kind], pos, b, qs[pos]);
+                        fail();
+                    }
+                } else {
+                    /* an ordinary block as if quantized alone */
+                    R->from_float[t](x + (size_t)b * blck, alone, blck);
+                    assert_memory_equal(blk, alone, bs);
+                }
+            }
+            if (!simd)
+                continue;
+            memset(got, 0x55, sz + go);
+            K->from_float[t](x, got + go, n);
+            char what[96];
+            snprintf(what, sizeof what, "from_float (%s)", dg_name[kind]);
+            expect_same_bytes(got + go, want, sz, what, tname(t), n);
+            compared++;
+            /* and one block at a time: no state carried between blocks */
+            for (int b = 0; b < nblk; b += 37) {
+                memset(got, 0x55, bs + go);
+                K->from_float[t](x + (size_t)b * blck, got + go, blck);
+                expect_same_bytes(got + go, want + (size_t)b * bs, bs, what, tname(t), blck);
+            }
+        }
+        free(xb);
+        free(got);
+        free(want);
+        free(alone);
+        free(zero);
+        free(degen);
+    }
+    printf("    %d reference blocks match the specification; %d rows compared with the active kernels\n",
+           specified, compared);
 }
 
 /* ------------------------------------------------------------------ */
@@ -796,6 +973,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_vec_dot_tile),
         cmocka_unit_test(test_to_float),
         cmocka_unit_test(test_from_float),
+        cmocka_unit_test(test_from_float_degenerate),
         cmocka_unit_test(test_f16_ops),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),
@@ -809,6 +987,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_vec_dot_tile),
         cmocka_unit_test(test_to_float),
         cmocka_unit_test(test_from_float),
+        cmocka_unit_test(test_from_float_degenerate),
         cmocka_unit_test(test_f16_ops),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),

@@ -9,16 +9,20 @@
  * round-to-nearest-even like nearbyintf and lrintf in the default
  * rounding mode.
  *
- * Blocks holding a NaN or an infinity go to the reference: its scalar
- * maximum skips NaNs where FMAXV propagates them, and an infinite maximum
- * makes x * id a NaN whose conversion to an integer C leaves undefined.
+ * Degenerate blocks (nbi_q8_degenerate in kernels.h: a NaN or an
+ * infinity in the block, or amax below NBI_Q8_AMAX_MIN) are written as
+ * zeros, as the references write them.  No separate NaN test is needed:
+ * FMAX and FMAXV return a NaN whenever an operand is one (unlike x86's
+ * maxps, and unlike FMAXNM, which skips quiet NaNs), so a NaN anywhere in
+ * the block makes amax a NaN, which nbi_q8_degenerate rejects like an
+ * infinite amax.
  */
-#include <float.h>
 #include <math.h>
 
 #include "neon.h"
 
-/* Largest |x| of n (a multiple of 8) floats; NaN if one of them is. */
+/* Largest |x| of n (a multiple of 8) floats; NaN if one of them is (FMAX
+ * and FMAXV propagate NaNs). */
 static inline float block_amax(const float *x, int n)
 {
     float32x4_t m0 = vdupq_n_f32(0.0f), m1 = m0;
@@ -29,7 +33,8 @@ static inline float block_amax(const float *x, int n)
     return vmaxvq_f32(vmaxq_f32(m0, m1));
 }
 
-/* round(x[j] * id) for 16 floats, as signed bytes (|x * id| <= 127). */
+/* round(x[j] * id) for 16 floats, as signed bytes (|x * id| rounds to
+ * at most 127 in a block that is not degenerate). */
 static inline int8x16_t round16(const float *x, float id)
 {
     int16x8_t h[2];
@@ -48,12 +53,12 @@ static void q8_0_from_float(const float *restrict src, void *restrict dst, int64
     for (int64_t i = 0; i < nb; i++) {
         const float *x = src + i * QK8_0;
         const float amax = block_amax(x, QK8_0);
-        if (!(amax <= FLT_MAX)) {
-            nbi_q8_0_from_float_ref(x, &y[i], QK8_0);
+        if (nbi_q8_degenerate(0, amax)) {
+            memset(&y[i], 0, sizeof y[i]);
             continue;
         }
         const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const float id = 127.0f / amax;
         y[i].d = nbi_neon_f2h(d);
         vst1q_s8(y[i].qs, round16(x, id));
         vst1q_s8(y[i].qs + 16, round16(x + 16, id));
@@ -67,12 +72,12 @@ static void q8_1_from_float(const float *restrict src, void *restrict dst, int64
     for (int64_t i = 0; i < nb; i++) {
         const float *x = src + i * QK8_1;
         const float amax = block_amax(x, QK8_1);
-        if (!(amax <= FLT_MAX)) {
-            nbi_q8_1_from_float_ref(x, &y[i], QK8_1);
+        if (nbi_q8_degenerate(0, amax)) {
+            memset(&y[i], 0, sizeof y[i]);
             continue;
         }
         const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const float id = 127.0f / amax;
         const int8x16_t q0 = round16(x, id), q1 = round16(x + 16, id);
         vst1q_s8(y[i].qs, q0);
         vst1q_s8(y[i].qs + 16, q1);
@@ -89,11 +94,7 @@ static void q8_K_from_float(const float *restrict src, void *restrict dst, int64
     for (int64_t i = 0; i < nb; i++) {
         const float *x = src + i * QK_K;
         const float amax = block_amax(x, QK_K);
-        if (!(amax <= FLT_MAX)) {
-            nbi_q8_K_from_float_ref(x, &y[i], QK_K);
-            continue;
-        }
-        if (amax == 0.0f) {
+        if (nbi_q8_degenerate(0, amax)) {
             memset(&y[i], 0, sizeof y[i]);
             continue;
         }

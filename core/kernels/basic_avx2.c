@@ -19,11 +19,14 @@
  * own four accumulators.
  *
  * Quantizers: per block, the largest magnitude by vector max (order does
- * not matter for max of non-NaN values), the scale in scalar code exactly
+ * not matter for max of non-NaN values) and, alongside, an unordered
+ * compare of pairs of vectors that flags any NaN (maxps does not carry
+ * one through reliably); a degenerate block (nbi_q8_degenerate: a NaN,
+ * an infinity, or amax below NBI_Q8_AMAX_MIN) is written as zeros, as
+ * the references write it.  Otherwise the scale in scalar code exactly
  * as the reference computes it, then the multiply and the round-to-
  * nearest-even conversion (cvtps2dq under the default rounding mode, like
- * nearbyintf/lrintf) eight at a time, packed to bytes.  Inputs are
- * assumed finite, as for the references (which convert NaN to an integer).
+ * nearbyintf/lrintf) eight at a time, packed to bytes.
  *
  * Run-time gating: dispatch.c installs this table after checking AVX2,
  * FMA and F16C (and the OS's YMM support).  Two optional extensions are
@@ -275,18 +278,15 @@ static inline float hmax8(__m256 v)
     return _mm_cvtss_f32(m);
 }
 
-/* Four vectors of eight int32 codes to 32 bytes in element order, keeping
- * the low byte of each as the references' conversion to int8_t does.
- * Codes are in -127..127 except when a block's multiplier overflows (an
- * all-tiny block) and the conversion yields 0x80000000; the reference's
- * compiled conversion then keeps the low byte, 0, and so does this.  The
+/* Four vectors of eight int32 codes to 32 bytes in element order.  The
+ * codes of a block that is not degenerate are in -127..127 (see
+ * nbi_q8_degenerate), so the saturating packs keep them as they are.  The
  * packs interleave 128-bit halves, the permute restores the order. */
 static inline __m256i pack32(const __m256i q[4])
 {
-    const __m256i lo = _mm256_set1_epi32(0xff);
-    const __m256i p01 = _mm256_packus_epi32(_mm256_and_si256(q[0], lo), _mm256_and_si256(q[1], lo));
-    const __m256i p23 = _mm256_packus_epi32(_mm256_and_si256(q[2], lo), _mm256_and_si256(q[3], lo));
-    return _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23),
+    const __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23),
                                        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
@@ -307,10 +307,15 @@ static inline __m256i quant32(const float *x, __m256 id)
     return pack32(q);
 }
 
-static inline float amax32(const float *x)
+/* Largest |x| of 32 floats, and whether one of them is a NaN (then the
+ * maximum is meaningless).  UNORD(a, b) is true where a or b is a NaN. */
+static inline float amax32(const float *x, int *has_nan)
 {
-    const __m256 m = _mm256_max_ps(_mm256_max_ps(abs_ps(_mm256_loadu_ps(x)), abs_ps(_mm256_loadu_ps(x + 8))),
-                                   _mm256_max_ps(abs_ps(_mm256_loadu_ps(x + 16)), abs_ps(_mm256_loadu_ps(x + 24))));
+    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    const __m256 nan = _mm256_or_ps(_mm256_cmp_ps(v0, v1, _CMP_UNORD_Q), _mm256_cmp_ps(v2, v3, _CMP_UNORD_Q));
+    *has_nan = _mm256_movemask_ps(nan);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(abs_ps(v0), abs_ps(v1)), _mm256_max_ps(abs_ps(v2), abs_ps(v3)));
     return hmax8(m);
 }
 
@@ -319,9 +324,14 @@ static void q8_0_from_float(const float *restrict src, void *restrict dst, int64
     block_q8_0 *y = dst;
     for (int64_t i = 0; i < n / QK8_0; i++) {
         const float *x = src + i * QK8_0;
-        const float amax = amax32(x);
+        int has_nan;
+        const float amax = amax32(x, &has_nan);
+        if (nbi_q8_degenerate(has_nan, amax)) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
         const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const float id = 127.0f / amax;
         y[i].d = nbi_fp32_to_fp16(d);
         _mm256_storeu_si256((__m256i *)y[i].qs, quant32(x, _mm256_set1_ps(id)));
     }
@@ -332,9 +342,14 @@ static void q8_1_from_float(const float *restrict src, void *restrict dst, int64
     block_q8_1 *y = dst;
     for (int64_t i = 0; i < n / QK8_1; i++) {
         const float *x = src + i * QK8_1;
-        const float amax = amax32(x);
+        int has_nan;
+        const float amax = amax32(x, &has_nan);
+        if (nbi_q8_degenerate(has_nan, amax)) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
         const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const float id = 127.0f / amax;
         y[i].d = nbi_fp32_to_fp16(d);
         const __m256i q = quant32(x, _mm256_set1_ps(id));
         _mm256_storeu_si256((__m256i *)y[i].qs, q);
@@ -347,11 +362,14 @@ static void q8_K_from_float(const float *restrict src, void *restrict dst, int64
     block_q8_K *y = dst;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float *x = src + i * QK_K;
-        __m256 m = _mm256_setzero_ps();
-        for (int j = 0; j < QK_K; j += 8)
-            m = _mm256_max_ps(m, abs_ps(_mm256_loadu_ps(x + j)));
+        __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 16) {
+            const __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v0, v1, _CMP_UNORD_Q));
+            m = _mm256_max_ps(m, _mm256_max_ps(abs_ps(v0), abs_ps(v1)));
+        }
         const float amax = hmax8(m);
-        if (amax == 0.0f) {
+        if (nbi_q8_degenerate(_mm256_movemask_ps(nan), amax)) {
             memset(&y[i], 0, sizeof y[i]);
             continue;
         }

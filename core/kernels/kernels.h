@@ -15,6 +15,7 @@
 #ifndef NIBBLE_KERNELS_H
 #define NIBBLE_KERNELS_H
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -228,6 +229,36 @@ static inline float nbi_hadd8(const float v[8])
 {
     const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
     return (a0 + a1) + (a2 + a3);
+}
+
+/* ------------------------------------------------------------------ */
+/* Degenerate activation blocks.                                       */
+/*
+ * The activation quantizers (Q8_0, Q8_1, Q8_K) scale a block by 127/amax,
+ * amax its largest magnitude.  If amax is tiny that quotient overflows to
+ * infinity, and if the block holds a NaN or an infinity (a corrupt model
+ * can make them) the products are infinite or NaN; converting those to an
+ * integer is undefined behaviour in C, and SIMD conversions give bytes
+ * of their own.  So the behaviour is defined here, once: a block is
+ * degenerate when it holds a NaN or an infinity, or when its amax is below
+ * NBI_Q8_AMAX_MIN (zero included), and a degenerate block quantizes to
+ * all-zero bytes (d = 0, quants 0, Q8_1's s = 0, Q8_K's bsums = 0), what
+ * an all-zero block gives.  At or above the threshold 127/amax is at most
+ * 127 * 2^100, finite, and every x * 127/amax rounds into -127..127.
+ * Below it little changes: Q8_0 and Q8_1 round d = amax/127 to an fp16
+ * 0 for any amax under about 2^-18 anyway (only the quants, multiplied
+ * by that 0, differ), and a Q8_K block under 2^-100 (about 8e-31) is
+ * noise in any model's activations.  Every kernel, reference or SIMD,
+ * decides with nbi_q8_degenerate.
+ */
+#define NBI_Q8_AMAX_MIN 0x1p-100f
+
+/* Whether a block is degenerate, given whether it holds a NaN and the
+ * largest magnitude of its elements (infinite if one is; a NaN amax
+ * counts as a NaN in the block, for SIMD maximums that propagate it). */
+static inline int nbi_q8_degenerate(int has_nan, float amax)
+{
+    return has_nan || !(amax >= NBI_Q8_AMAX_MIN && amax <= FLT_MAX);
 }
 
 /* ------------------------------------------------------------------ */

@@ -8,10 +8,15 @@
  * The quantizer (used only for activations) produces the bytes of ggml's
  * x86 quantize_row_q8_0 (AVX2 path, arch/x86/quants.c), not those of the
  * portable quantize_row_q8_0_ref: amax is the largest |x|, the multiplier
- * is id = 127/amax (0 for an all-zero block), each x*id is rounded half to
- * even (_mm256_round_ps, i.e. nearbyintf), and d = amax/127 is narrowed to
- * fp16.  (The portable quantizer multiplies by 1/d and rounds half away
- * from zero; the two disagree on a few bytes per thousand.)
+ * is id = 127/amax, each x*id is rounded half to even (_mm256_round_ps,
+ * i.e. nearbyintf), and d = amax/127 is narrowed to fp16.  (The portable
+ * quantizer multiplies by 1/d and rounds half away from zero; the two
+ * disagree on a few bytes per thousand.)  A degenerate block (a NaN or
+ * an infinity in it, or amax below NBI_Q8_AMAX_MIN, zero included: see
+ * nbi_q8_degenerate in kernels.h) is written as all zeros, d = 0 and
+ * quants 0, which is what ggml gives an all-zero block (for the other
+ * degenerate blocks ggml's bytes are whatever its conversions of
+ * infinities and NaNs to integers happen to give).
  *
  * The dot product reproduces ggml's AVX2 ggml_vec_dot_q8_0_q8_0 bit for
  * bit; llamafile's tinyBLAS_Q0_AVX, which llama.cpp uses for batches of
@@ -53,10 +58,17 @@ void nbi_q8_0_from_float_ref(const float *restrict src, void *restrict dst, int6
     for (int64_t i = 0; i < nb; i++) {
         const float *x = src + i * QK8_0;
         float amax = 0.0f;
-        for (int j = 0; j < QK8_0; j++)
+        int has_nan = 0;
+        for (int j = 0; j < QK8_0; j++) {
+            has_nan |= isnan(x[j]);
             amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
+        }
+        if (nbi_q8_degenerate(has_nan, amax)) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
         const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const float id = 127.0f / amax;
         y[i].d = nbi_fp32_to_fp16(d);
         for (int j = 0; j < QK8_0; j++)
             y[i].qs[j] = (int8_t)nearbyintf(x[j] * id);

@@ -12,6 +12,10 @@
  * and capped at +127, and d = 1 / iscale kept as a float.  For an all-zero
  * block ggml writes d = 0 and zero quants but leaves bsums unwritten; we
  * zero them too, which changes no result (they are multiplied by d = 0).
+ * Every degenerate block (a NaN or an infinity in it, or amax below
+ * NBI_Q8_AMAX_MIN: see nbi_q8_degenerate in kernels.h) is written the
+ * same way, all zeros (ggml's bytes for those are whatever its
+ * conversions of infinities and NaNs to integers happen to give).
  *
  * Q8_K has no dot product of its own (vec_dot_type -1): it is only ever
  * the right-hand side of a K-quant dot product.
@@ -36,13 +40,15 @@ void nbi_q8_K_from_float_ref(const float *restrict src, void *restrict dst, int6
     for (int64_t i = 0; i < nb; i++) {
         const float *x = src + i * QK_K;
         float amax = 0.0f, max = 0.0f;
+        int has_nan = 0;
         for (int j = 0; j < QK_K; j++) {
+            has_nan |= isnan(x[j]);
             if (fabsf(x[j]) > amax) {
                 amax = fabsf(x[j]);
                 max = x[j];
             }
         }
-        if (amax == 0.0f) {
+        if (nbi_q8_degenerate(has_nan, amax)) {
             memset(&y[i], 0, sizeof y[i]);
             continue;
         }
