@@ -61,6 +61,20 @@ static int have_vim(void)
     return found;
 }
 
+/* vim-tiny has no +eval, +channel or +textprop: it could not even say so. */
+static int vim_capable(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        char *argv[] = {"/usr/bin/env", "vim", "--version", NULL}, *out = NULL;
+        known = nbt_run(argv, &out, NULL, 10) == 0 && out && strstr(out, "+eval") &&
+                strstr(out, "+channel") && strstr(out, "+job") && strstr(out, "+timers") &&
+                strstr(out, "+textprop");
+        free(out);
+    }
+    return known;
+}
+
 static nb_client *connect_to(const char *sock)
 {
     nb_client_params p = nb_client_default_params();
@@ -98,7 +112,7 @@ static long long daemon_requests(void)
 static int setup(void **state)
 {
     (void)state;
-    if (!nbt_data_dir() || !have_vim())
+    if (!nbt_data_dir() || !have_vim() || !vim_capable())
         return 0;
     snprintf(T.dir, sizeof T.dir, "/tmp/nibvim-test-XXXXXX");
     if (!mkdtemp(T.dir))
@@ -152,9 +166,11 @@ static int teardown(void **state)
 static void require_vim(void)
 {
     static int said;
-    if (!have_vim()) {
+    if (!have_vim() || !vim_capable()) {
         if (!said++)
-            printf("skipped: no vim on PATH (Debian: apt-get install vim)\n");
+            printf("skipped: %s (Debian: apt-get install vim)\n",
+                   have_vim() ? "vim lacks +eval, +channel, +job, +timers or +textprop"
+                              : "no vim on PATH");
         skip();
     }
     assert_true(T.ready);
