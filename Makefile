@@ -8,6 +8,10 @@
 #   make bench           print benchmark figures (asserts nothing)
 #   make install         install into $(DESTDIR)$(PREFIX)
 #
+# The Lua module nibble.core is built once per Lua ABI: lua/nibble/core.so
+# for LuaJIT (Neovim) and build/lua5.4/nibble/core.so for Lua 5.4, each
+# skipped with a note when its headers are missing.
+#
 # Switches: V=1 (show commands), DEBUG=1 (-O0 -g), SANITIZE=address,undefined,
 # NATIVE=1 (-march=native), WERROR=0 (do not turn warnings into errors).
 # Debug and sanitizer builds live in their own directories under build/ so
@@ -42,6 +46,10 @@ endif
 ifeq ($(NATIVE),1)
 OPT += -march=native
 endif
+# the runtimes an uninstrumented program (lua5.4, luajit) needs preloaded to
+# load an instrumented module
+LUA_PRELOAD = $(if $(SANITIZE),$(strip $(foreach s,$(if $(findstring address,$(SANITIZE)),asan) \
+	$(if $(findstring undefined,$(SANITIZE)),ubsan),$(shell $(CC) -print-file-name=lib$(s).so))))
 
 INCLUDES = -Icore/include -Icore/src -Icore/kernels
 FINAL_CFLAGS = $(STD) $(WARN) $(OPT) $(INCLUDES) -fvisibility=hidden -fPIC -MMD -MP $(CFLAGS)
@@ -93,10 +101,42 @@ NIBD := $(BUILD)/bin/nibd
 NIB := $(BUILD)/bin/nib
 PROGRAMS := $(NIBBLE) $(NIBD) $(NIB)
 
-.PHONY: all test check test-aarch64 kernel-tests bench run install uninstall clean
+# The Lua module: lua/src/*.c compiled once per Lua ABI.  It never links
+# liblua (the interpreter that loads it provides those symbols); libnibble
+# goes in statically, its symbols kept local, and jansson and pthread
+# dynamically.  The LuaJIT build lands in lua/nibble/ for Neovim; debug and
+# sanitizer builds stay under their build directory.
+LUA_SRC := $(sort $(wildcard lua/src/*.c))
+ifeq ($(origin LUA54_CFLAGS),undefined)
+LUA54_CFLAGS := $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+endif
+ifeq ($(origin LUAJIT_CFLAGS),undefined)
+LUAJIT_CFLAGS := $(shell $(PKG_CONFIG) --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+endif
+# the headers must be the right Lua's, not just some lua.h
+have_lua = $(shell printf '$(2)' | $(CC) $(1) -E -x c - >/dev/null 2>&1 && echo yes)
+# (\043 is '#', which make would take for a comment)
+LUA54_OK := $(call have_lua,$(LUA54_CFLAGS),\043include <lua.h>\n\043if LUA_VERSION_NUM != 504\n\043error\n\043endif\n)
+LUAJIT_OK := $(call have_lua,$(LUAJIT_CFLAGS),\043include <luajit.h>\n)
+LUA54_OBJ := $(LUA_SRC:%.c=$(BUILD)/obj/lua5.4/%.o)
+LUAJIT_OBJ := $(LUA_SRC:%.c=$(BUILD)/obj/luajit/%.o)
+LUA54_MOD := $(BUILD)/lua5.4/nibble/core.so
+ifeq ($(BUILD),build)
+LUAJIT_MOD := lua/nibble/core.so
+else
+LUAJIT_MOD := $(BUILD)/luajit/nibble/core.so
+endif
+LUA_MODULES := $(if $(LUA54_OK),$(LUA54_MOD)) $(if $(LUAJIT_OK),$(LUAJIT_MOD))
+LUA_MISSING := $(if $(LUA54_OK),,lua5.4) $(if $(LUAJIT_OK),,luajit)
+LUA_CMODDIR ?= $(LIBDIR)/lua/5.4
+
+.PHONY: all test check test-aarch64 kernel-tests bench run install uninstall clean lua-note
 .DEFAULT_GOAL := all
 
-all: $(PROGRAMS)
+all: $(PROGRAMS) $(LUA_MODULES) $(if $(strip $(LUA_MISSING)),lua-note)
+
+lua-note:
+	@echo "skipped: the Lua module for $(strip $(LUA_MISSING)) (no headers: apt-get install liblua5.4-dev libluajit-5.1-dev)"
 
 $(BUILD)/obj/%.o: %.c
 	$(call say,CC,$<)
@@ -133,6 +173,28 @@ $(NIBD): $(DAEMON_OBJ) $(LIBNIBBLE)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $(DAEMON_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
 
+$(BUILD)/obj/lua5.4/%.o: %.c
+	$(call say,CC,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(JANSSON_CFLAGS) $(LUA54_CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/luajit/%.o: %.c
+	$(call say,CC,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(FINAL_CFLAGS) $(JANSSON_CFLAGS) $(LUAJIT_CFLAGS) -c $< -o $@
+
+LUA_LINK = $(CC) -shared $(FINAL_LDFLAGS) -Wl,--exclude-libs,ALL -o $@
+
+$(LUA54_MOD): $(LUA54_OBJ) $(LIBNIBBLE)
+	$(call say,LINK,$@)
+	@mkdir -p $(@D)
+	$(Q)$(LUA_LINK) $(LUA54_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
+
+$(LUAJIT_MOD): $(LUAJIT_OBJ) $(LIBNIBBLE)
+	$(call say,LINK,$@)
+	@mkdir -p $(@D)
+	$(Q)$(LUA_LINK) $(LUAJIT_OBJ) $(LIBNIBBLE) $(JANSSON_LIBS) $(LIBS)
+
 # ------------------------------------------------------------------ tests
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
 	$(call say,LINK,$@)
@@ -141,8 +203,14 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
 
 # Tests find the programs through NIBBLE_BIN and the shared reference data
 # through NIBBLE_TEST_DATA (default ../shared beside the checkout).
+# test_lua finds the Lua modules through NIBBLE_LUA54_MODULE and
+# NIBBLE_LUAJIT_MODULE; under SANITIZE the interpreters, which are not
+# instrumented, get the sanitizer runtimes through NIBBLE_LUA_PRELOAD.
 test check: all $(TEST_BIN)
-	@NIBBLE_BIN=$(abspath $(BUILD)/bin) NIBBLE_SRC=$(CURDIR) ./tests/run-tests $(TEST_BIN)
+	@NIBBLE_BIN=$(abspath $(BUILD)/bin) NIBBLE_SRC=$(CURDIR) \
+	NIBBLE_LUA54_MODULE=$(if $(LUA54_OK),$(abspath $(LUA54_MOD))) \
+	NIBBLE_LUAJIT_MODULE=$(if $(LUAJIT_OK),$(abspath $(LUAJIT_MOD))) \
+	NIBBLE_LUA_PRELOAD="$(LUA_PRELOAD)" ./tests/run-tests $(TEST_BIN)
 ifeq ($(filter aarch64%,$(ARCH))$(SANITIZE),)
 	@$(MAKE) --no-print-directory test-aarch64 AARCH64_OPTIONAL=1
 endif
@@ -240,16 +308,23 @@ install: all
 	install -m 644 core/include/nibble.h $(DESTDIR)$(INCDIR)/
 	install -m 644 doc/nibble.1 doc/nib.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 doc/nibd.8 $(DESTDIR)$(MANDIR)/man8/
+ifneq ($(LUA54_OK),)
+	install -d $(DESTDIR)$(LUA_CMODDIR)/nibble
+	install -m 755 $(LUA54_MOD) $(DESTDIR)$(LUA_CMODDIR)/nibble/core.so
+endif
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(PROGRAMS)))
 	rm -f $(DESTDIR)$(LIBDIR)/libnibble.a $(DESTDIR)$(LIBDIR)/pkgconfig/nibble.pc
 	rm -f $(DESTDIR)$(INCDIR)/nibble.h $(DESTDIR)$(MANDIR)/man1/nibble.1 $(DESTDIR)$(MANDIR)/man1/nib.1 $(DESTDIR)$(MANDIR)/man8/nibd.8
+	rm -f $(DESTDIR)$(LUA_CMODDIR)/nibble/core.so
+	rmdir $(DESTDIR)$(LUA_CMODDIR)/nibble 2>/dev/null || true
 
 clean:
-	rm -rf build
+	rm -rf build lua/nibble/core.so
 
 -include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(NIB_OBJ:.o=.d) $(TESTUTIL_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
+-include $(LUA54_OBJ:.o=.d) $(LUAJIT_OBJ:.o=.d)
 
 # Keep test objects: they are intermediates of the test binaries.
 .SECONDARY: $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.o) $(TESTUTIL_OBJ)
