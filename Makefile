@@ -272,6 +272,8 @@ bench: all $(BENCH_MODELS)
 	@echo
 	@echo "scalar reference kernels, for scale (64-token prompt, 16 generated):"
 	@NIBBLE_KERNELS=ref $(NIBBLE) bench -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf -p 64 -n 16
+	@echo
+	@NIBBLE_BIN=$(abspath $(BUILD)/bin) ./tests/nvim/bench.sh $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf
 
 # The default model: $NIBBLE_MODEL, else the shared test model beside the
 # checkout.  (nib, with its download on first use, replaces this.)

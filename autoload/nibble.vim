@@ -1,6 +1,6 @@
 " autoload/nibble.vim - nibble for classic Vim: the connection to nibd,
 " suggestions shown as virtual text while typing, and :Nib.  The protocol
-" is doc/protocol.md; the user's side is doc/vim-classic.md.
+" is doc/protocol.md; the user's side is :help nibble-vim.
 "
 " One channel to nibd serves everything.  Requests carry integer ids; the
 " channel callback hands each event to the handler registered for its id.

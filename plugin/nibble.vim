@@ -1,7 +1,7 @@
 " nibble for classic Vim: suggestions as you type and :Nib, from a local
 " model served by nibd.  Commands, <Plug> maps and default keys only; the
 " rest is in autoload/nibble.vim, loaded on first use.  Neovim uses
-" plugin/nibble.lua instead.  See doc/vim-classic.md.
+" plugin/nibble.lua instead.  See :help nibble-vim.
 if has('nvim') | finish | endif
 if exists('g:loaded_nibble_vim') | finish | endif
 let g:loaded_nibble_vim = 1

@@ -109,11 +109,11 @@ if large then
     n.options.prefix_lines = 2000
     require("nibble.client").configure(n.options)
   ]], large)
-  -- about 1,500 tokens of text before the cursor
+  -- about 1,500 tokens of text before the cursor (the count is printed)
   lua([[
     vim.cmd("enew!")
     local lines = {}
-    for i = 1, 150 do
+    for i = 1, 98 do
       lines[i] = string.format("The value of item %d is computed from the previous one.", i)
     end
     vim.api.nvim_buf_set_lines(0, 0, -1, false, lines)
@@ -124,6 +124,7 @@ if large then
   local buftext = table.concat(lua("return vim.api.nvim_buf_get_lines(0, 0, -1, false)"), "\n")
   local _, tk = c:call({ op = "tokenize", text = buftext }, 60000)
   c:close()
+  lua("require('nibble.completion').timings = {}")
   input("A")
   local t0 = vim.loop.hrtime()
   vim.wait(600000, function() return #timings("latency") > 0 end, 50)
