@@ -546,6 +546,35 @@ static void test_startup_and_permissions(void **state)
     char *argv3[] = {bin, "--slots", "0", NULL};
     assert_int_equal(nbt_run(argv3, &out, &err, 20), 2);
     free(out), free(err);
+
+    /* a directory the user names is used as it is: its mode stays ... */
+    char mine[] = "/tmp/nibd-own-XXXXXX", sock2[64];
+    assert_non_null(mkdtemp(mine));
+    assert_int_equal(chmod(mine, 01777), 0); /* like /tmp */
+    snprintf(sock2, sizeof sock2, "%s/s.sock", mine);
+    pid_t kid2 = fork();
+    if (kid2 == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 1), dup2(null, 2);
+        execl(bin, bin, "-m", m, "--socket", sock2, "--config", "/dev/null", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500 && !(c = connect_to(sock2)); i++)
+        usleep(10000);
+    assert_non_null(c);
+    nb_client_close(c);
+    struct stat sst;
+    assert_int_equal(stat(mine, &sst), 0);
+    assert_int_equal(sst.st_mode & 07777, 01777);
+    kill(kid2, SIGTERM);
+    waitpid(kid2, NULL, 0);
+    /* ... but one anybody may replace files in is refused */
+    assert_int_equal(chmod(mine, 0777), 0);
+    char *argv4[] = {bin, "-m", m, "--socket", sock2, "--config", "/dev/null", NULL};
+    assert_int_equal(nbt_run(argv4, &out, &err, 20), 1);
+    assert_non_null(strstr(err, "writable by others"));
+    free(out), free(err);
+    rmdir(mine);
     free(m);
 }
 

@@ -348,17 +348,30 @@ static int conn_write(conn *c)
 
 /* ------------------------------------------------------------------ socket */
 
-static int ensure_dir(const char *dir, char *err, size_t errlen)
+/* The socket's directory.  nibble's own (the default place, or one nibd
+ * creates) must belong to the user and is kept mode 0700.  A directory the
+ * user named that already exists (/tmp, say) is not ours to change: it is
+ * used as it is, unless others may replace files in it (writable by group
+ * or others without the sticky bit). */
+static int ensure_dir(const char *dir, int is_default, char *err, size_t errlen)
 {
+    struct stat st;
+    int existed = lstat(dir, &st) == 0;
     /* with its parents: an $XDG_RUNTIME_DIR that does not exist yet, say */
     if (nb_mkdirs(dir) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         return -1;
     }
-    struct stat st;
     if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         snprintf(err, errlen, "%s is not a directory", dir);
         return -1;
+    }
+    if (existed && !is_default) {
+        if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+            snprintf(err, errlen, "%s is writable by others; choose a private directory", dir);
+            return -1;
+        }
+        return 0;
     }
     /* /tmp/nibble-$UID could have been made by someone else */
     if (st.st_uid != getuid()) {
@@ -389,8 +402,9 @@ static int open_socket(const char *path, char *err, size_t errlen)
     char *slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = 0;
-        /* the parent of the nibble directory (XDG_RUNTIME_DIR, /tmp) exists */
-        if (ensure_dir(dir, err, errlen))
+        char def[PATH_MAX];
+        int is_default = nb_socket_path(def, sizeof def) == NB_OK && !strcmp(def, path);
+        if (ensure_dir(dir, is_default, err, errlen))
             return -1;
     }
     snprintf(lock_path, sizeof lock_path, "%s.lock", path);
