@@ -181,6 +181,7 @@ static void test_plugin(void **state)
                           "ok typing the suggestion's next characters asks nothing\n",
                           "ok Tab inserts it\n",
                           "ok Tab without a suggestion does what it did before\n",
+                          "ok accept a word, then cycle to an alternative and back\n",
                           "ok a disabled filetype sends nothing\n",
                           "ok checkhealth nibble passes\n",
                           "ok NibRewrite replaces the selection and undoes in one step\n",

@@ -218,8 +218,12 @@ function M.on_text_changed(buf)
     return
   end
   s = s or st(buf)
+  local tick = api.nvim_buf_get_changedtick(buf)
+  if s.tick == tick then
+    return -- our own change (an accept), already accounted for
+  end
   s.t_key = uv.hrtime()
-  s.tick = api.nvim_buf_get_changedtick(buf)
+  s.tick = tick
   local pos = api.nvim_win_get_cursor(0)
   local row, col = pos[1] - 1, pos[2]
   if s.text and s.text ~= "" and row == s.row and col > s.col then
@@ -317,6 +321,7 @@ function M.accept(kind)
   local rest = s.text:sub(#take + 1)
   if (kind or "all") == "all" or rest == "" then
     reset(buf, s)
+    debounce(buf) -- and on to the next suggestion
   else
     -- keep showing the rest at the new cursor
     local line = api.nvim_buf_get_lines(buf, row, row + 1, false)[1] or ""
