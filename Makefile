@@ -130,7 +130,7 @@ LUA_MODULES := $(if $(LUA54_OK),$(LUA54_MOD)) $(if $(LUAJIT_OK),$(LUAJIT_MOD))
 LUA_MISSING := $(if $(LUA54_OK),,lua5.4) $(if $(LUAJIT_OK),,luajit)
 LUA_CMODDIR ?= $(LIBDIR)/lua/5.4
 
-.PHONY: all test check test-aarch64 kernel-tests bench run install uninstall clean lua-note
+.PHONY: all test check test-aarch64 kernel-tests bench run install uninstall clean lua-note lua-compat
 .DEFAULT_GOAL := all
 
 all: $(PROGRAMS) $(LUA_MODULES) $(if $(strip $(LUA_MISSING)),lua-note)
@@ -212,8 +212,27 @@ test check: all $(TEST_BIN)
 	NIBBLE_LUAJIT_MODULE=$(if $(LUAJIT_OK),$(abspath $(LUAJIT_MOD))) \
 	NIBBLE_LUA_PRELOAD="$(LUA_PRELOAD)" ./tests/run-tests $(TEST_BIN)
 ifeq ($(filter aarch64%,$(ARCH))$(SANITIZE),)
+	@$(MAKE) --no-print-directory lua-compat
 	@$(MAKE) --no-print-directory test-aarch64 AARCH64_OPTIONAL=1
 endif
+
+# nibble.core is written to Lua 5.4's C API and, through lua/src/compat.h,
+# to 5.1 (LuaJIT), 5.2 and 5.3: make test compiles it against each of those
+# header sets that is installed (Debian: liblua5.1-0-dev, liblua5.2-dev,
+# liblua5.3-dev); 5.4 and LuaJIT are built and run by test_lua.
+LUA_COMPAT_VERSIONS = 5.1 5.2 5.3
+lua-compat:
+	@for v in $(LUA_COMPAT_VERSIONS); do \
+		if [ -f /usr/include/lua$$v/lua.h ]; then \
+			for f in $(LUA_SRC); do \
+				$(CC) $(filter-out -MMD -MP,$(FINAL_CFLAGS)) $(JANSSON_CFLAGS) -I/usr/include/lua$$v \
+					-fsyntax-only $$f || exit 1; \
+			done; \
+			echo "nibble.core compiles against Lua $$v's headers"; \
+		else \
+			echo "skipped: no Lua $$v headers (liblua$$v-dev) to compile nibble.core against"; \
+		fi; \
+	done
 
 # The NEON kernels, tested on any machine: the library, nibble and the
 # kernel tests cross-compiled into build/aarch64/ and run under qemu-user.
