@@ -1,6 +1,7 @@
 -- nibble for Neovim: commands and <Plug> maps only.  The work is in
 -- lua/nibble/, loaded on first use.  (Classic Vim uses plugin/nibble.vim.)
-if vim.g.loaded_nibble then
+-- Vim built with +lua sources this file too: its Lua has no vim.api
+if not vim.api or vim.g.loaded_nibble then
   return
 end
 vim.g.loaded_nibble = true
