@@ -1,7 +1,8 @@
 /*
  * test_threads.c - the worker pool: every thread runs every job exactly
  * once, the caller waits for all of them, workers that fell asleep wake
- * up, and pools come and go without leaking threads.
+ * up, chunked jobs cover every item once in aligned chunks, and pools come
+ * and go without leaking threads.
  */
 #include "testutil.h"
 
@@ -110,6 +111,46 @@ static void test_split(void **state)
         }
 }
 
+typedef struct chunk_job {
+    int64_t n, chunk;
+    _Atomic int *hits; /* (n) */
+    _Atomic int bad;
+} chunk_job;
+
+static void chunk_task(void *arg, int64_t lo, int64_t hi, int ith)
+{
+    chunk_job *j = arg;
+    if (lo % j->chunk != 0 || hi <= lo || hi - lo > j->chunk || hi > j->n ||
+        (hi - lo < j->chunk && hi != j->n) || ith < 0)
+        atomic_store(&j->bad, 1);
+    for (int64_t i = lo; i < hi && i < j->n; i++)
+        atomic_fetch_add(&j->hits[i], 1);
+    if ((lo / j->chunk) % 3 == ith % 3) { /* uneven threads: some chunks are slow */
+        struct timespec ts = {0, 20 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void test_pool_chunked(void **state)
+{
+    (void)state;
+    for (int threads = 1; threads <= 4; threads++) {
+        nbi_pool *p;
+        assert_int_equal(nbi_pool_new(threads, &p), NB_OK);
+        for (int64_t n = 0; n < 200; n += 7)
+            for (int64_t chunk = 1; chunk <= 64; chunk *= 4) {
+                chunk_job j = {.n = n, .chunk = threads == 1 ? NBI_MAX(n, 1) : chunk};
+                j.hits = calloc((size_t)(n ? n : 1), sizeof *j.hits);
+                nbi_pool_run_chunked(p, n, chunk, chunk_task, &j);
+                assert_int_equal(atomic_load(&j.bad), 0);
+                for (int64_t i = 0; i < n; i++)
+                    assert_int_equal(atomic_load(&j.hits[i]), 1);
+                free(j.hits);
+            }
+        nbi_pool_free(p);
+    }
+}
+
 static void test_physical_cores(void **state)
 {
     (void)state;
@@ -123,7 +164,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_counts),  cmocka_unit_test(test_pool_wakes_sleepers),
-        cmocka_unit_test(test_pool_lifecycle), cmocka_unit_test(test_split),
+        cmocka_unit_test(test_pool_lifecycle), cmocka_unit_test(test_pool_chunked),
+        cmocka_unit_test(test_split),
         cmocka_unit_test(test_physical_cores),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -44,7 +44,7 @@ struct nb_ctx {
     float *x;          /* (B, n_embd) residual stream */
     float *xn;         /* (B, n_embd) normalised input */
     float *q;          /* (B, q_dim) */
-    float *kv;         /* (B, kv_dim) new keys, then values */
+    float *kcur, *vcur; /* (B, kv_dim) the batch's keys and values */
     float *att;        /* (B, q_dim) attention output */
     float *h1, *h2;    /* (B, n_ff) */
     nb_fp16 *q16;      /* (n_threads, head_dim) */
@@ -133,7 +133,8 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->x = alloc_floats(B * E);
     c->xn = alloc_floats(B * E);
     c->q = alloc_floats(B * Q);
-    c->kv = alloc_floats(B * KV);
+    c->kcur = alloc_floats(B * KV);
+    c->vcur = alloc_floats(B * KV);
     c->att = alloc_floats(B * Q);
     c->h1 = alloc_floats(B * F);
     c->h2 = alloc_floats(B * F);
@@ -158,8 +159,9 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->qact_row = (row + 63) & ~(size_t)63;
     c->qact = nbi_malloc_array(B, c->qact_row);
 
-    if (!c->kcache || !c->vcache || !c->x || !c->xn || !c->q || !c->kv || !c->att || !c->h1 ||
-        !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->row_buf || !c->qact) {
+    if (!c->kcache || !c->vcache || !c->x || !c->xn || !c->q || !c->kcur || !c->vcur ||
+        !c->att || !c->h1 || !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->row_buf ||
+        !c->qact) {
         nb_ctx_free(c);
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory allocating a %d-token context",
                        n_ctx);
@@ -178,7 +180,8 @@ void nb_ctx_free(nb_ctx *c)
     free(c->x);
     free(c->xn);
     free(c->q);
-    free(c->kv);
+    free(c->kcur);
+    free(c->vcur);
     free(c->att);
     free(c->h1);
     free(c->h2);
@@ -219,57 +222,155 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
         y[i] = (x[i] * scale) * w[i];
 }
 
-/* y(B, n_out) = x(B, n_in) . W^T, where W has n_out rows of n_in.  The
- * activations are converted once to the weight type's dot format; then
- * each thread takes a contiguous range of weight rows and uses each row
- * for all B tokens while it is in cache. */
+/* Matrix products y(B, n_out) = x(B, n_in) . W^T, where W has n_out rows
+ * of n_in.  The activations are converted once to the weight type's dot
+ * format; then the threads claim chunks of weight rows (threads.c), and
+ * each chunk's rows are used for all B tokens while they are in cache.
+ *
+ * Products of one input with several weights (Q, K and V; gate and up)
+ * are one job, which saves conversions and a wait for the slower thread
+ * per extra weight: the job's rows are the weights' rows one after the
+ * other.  For the feed-forward, a chunk instead covers the same rows of
+ * gate and up and applies SwiGLU to them at once; chunks start at
+ * multiples of 16, so SwiGLU's groups of 8 are those of one call over
+ * the whole row. */
+#define MM_MAX 3
+
 typedef struct matmul_job {
     nb_ctx *c;
-    const nbi_tensor *W;
     const float *x;
-    int B;
-    float *y;
+    int B, n_w;
+    int glu;                      /* W[0] gate, W[1] up: y[0] = swiglu(y[0], y[1]) */
+    const nbi_tensor *W[MM_MAX];
+    float *y[MM_MAX];
+    int64_t first[MM_MAX + 1];    /* first row of W[i] in the job's rows */
 } matmul_job;
 
 static void matmul_quantize(void *arg, int ith, int nth)
 {
     const matmul_job *j = arg;
-    const int n_in = (int)j->W->ne[0];
-    const nbi_from_float_fn quant = j->c->k->from_float[nbi_types[j->W->type].vec_dot_type];
+    const int n_in = (int)j->W[0]->ne[0];
+    const nbi_from_float_fn quant = j->c->k->from_float[nbi_types[j->W[0]->type].vec_dot_type];
     char *qa = j->c->qact;
     for (int t = ith; t < j->B; t += nth)
         quant(j->x + (size_t)t * n_in, qa + (size_t)t * j->c->qact_row, n_in);
 }
 
-static void matmul_rows(void *arg, int ith, int nth)
+/* Rows [r0, r1) of W, for every token, into y (B, n_out). */
+static void matmul_range(const nb_ctx *c, const nbi_tensor *W, int B, float *y, int64_t r0,
+                         int64_t r1)
 {
-    const matmul_job *j = arg;
-    const int n_in = (int)j->W->ne[0], n_out = (int)j->W->ne[1];
-    const nbi_vec_dot_fn dot = j->c->k->vec_dot[j->W->type];
-    const size_t wrow = nbi_row_size(j->W->type, n_in), arow = j->c->qact_row;
-    const char *w = j->W->data, *qa = j->c->qact;
-    int64_t r0, r1;
-    nbi_split(n_out, ith, nth, &r0, &r1);
-    const nbi_vec_dot_tile_fn tile = j->c->k->vec_dot_tile[j->W->type];
-    if (tile && r1 > r0) {
-        tile(n_in, (int)(r1 - r0), j->B, j->y + r0, (size_t)n_out, w + (size_t)r0 * wrow, wrow,
-             qa, arow);
+    const int n_in = (int)W->ne[0], n_out = (int)W->ne[1];
+    const size_t wrow = nbi_row_size(W->type, n_in), arow = c->qact_row;
+    const char *w = W->data, *qa = c->qact;
+    const nbi_vec_dot_tile_fn tile = c->k->vec_dot_tile[W->type];
+    if (tile) {
+        tile(n_in, (int)(r1 - r0), B, y + r0, (size_t)n_out, w + (size_t)r0 * wrow, wrow, qa,
+             arow);
         return;
     }
+    const nbi_vec_dot_fn dot = c->k->vec_dot[W->type];
     for (int64_t r = r0; r < r1; r++) {
         const char *wr = w + (size_t)r * wrow;
-        for (int t = 0; t < j->B; t++)
-            dot(n_in, &j->y[(size_t)t * n_out + r], wr, qa + (size_t)t * arow);
+        for (int t = 0; t < B; t++)
+            dot(n_in, &y[(size_t)t * n_out + r], wr, qa + (size_t)t * arow);
     }
+}
+
+static void matmul_rows(void *arg, int64_t lo, int64_t hi, int ith)
+{
+    const matmul_job *j = arg;
+    (void)ith;
+    if (j->glu) {
+        const int64_t F = j->W[0]->ne[1];
+        matmul_range(j->c, j->W[0], j->B, j->y[0], lo, hi);
+        matmul_range(j->c, j->W[1], j->B, j->y[1], lo, hi);
+        for (int t = 0; t < j->B; t++)
+            j->c->k->swiglu((int)(hi - lo), j->y[0] + (size_t)t * F + lo,
+                               j->y[1] + (size_t)t * F + lo);
+        return;
+    }
+    for (int i = 0; i < j->n_w; i++) {
+        const int64_t r0 = NBI_MAX(lo, j->first[i]), r1 = NBI_MIN(hi, j->first[i + 1]);
+        if (r0 < r1)
+            matmul_range(j->c, j->W[i], j->B, j->y[i], r0 - j->first[i], r1 - j->first[i]);
+    }
+}
+
+/* Rows per chunk of a product: a multiple of 16 (the widest row group of
+ * the tiles, and what keeps SwiGLU's groups of 8 aligned).  One token
+ * streams the weights, and about 64 KiB of them per chunk keeps the cost
+ * of claiming and of starting a tile call small while leaving chunks
+ * enough to even out the threads; a batch computes more per row, so a
+ * quarter of each thread's share is enough (smaller chunks measured
+ * slower for prompts: each tile call prepares every activation row's
+ * block sums). */
+static int64_t chunk_rows(const nb_ctx *c, const nbi_tensor *W, int B, int64_t n)
+{
+    const int64_t wrow = (int64_t)nbi_row_size(W->type, W->ne[0]);
+    int64_t rows = (64 << 10) / (wrow > 0 ? wrow : 1);
+    if (B > 1)
+        rows = NBI_MAX(rows, n / (4 * (int64_t)c->n_threads));
+    return NBI_MAX(16, (rows + 15) / 16 * 16);
+}
+
+static void matmul_run(matmul_job *j)
+{
+    if (j->B == 0)
+        return;
+    nbi_pool_run(j->B > 1 ? j->c->pool : NULL, matmul_quantize, j);
+    const int64_t n = j->glu ? j->W[0]->ne[1] : j->first[j->n_w];
+    nbi_pool_run_chunked(j->c->pool, n, chunk_rows(j->c, j->W[0], j->B, n), matmul_rows, j);
 }
 
 static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
 {
-    matmul_job j = {c, W, x, B, y};
-    if (B == 0)
+    matmul_job j = {.c = c, .x = x, .B = B, .n_w = 1, .W = {W}, .y = {y}, .first = {0, W->ne[1]}};
+    matmul_run(&j);
+}
+
+/* Whether the weights can share one conversion of their input. */
+static int same_input(const nbi_tensor *const *W, int n)
+{
+    for (int i = 1; i < n; i++)
+        if (nbi_types[W[i]->type].vec_dot_type != nbi_types[W[0]->type].vec_dot_type ||
+            W[i]->ne[0] != W[0]->ne[0])
+            return 0;
+    return 1;
+}
+
+/* q, k, v = x . Wq^T, x . Wk^T, x . Wv^T */
+static void matmul_qkv(nb_ctx *c, const nbi_layer *L, const float *x, int B)
+{
+    const nbi_tensor *W[3] = {L->wq, L->wk, L->wv};
+    if (!same_input(W, 3)) {
+        matmul(c, L->wq, x, B, c->q);
+        matmul(c, L->wk, x, B, c->kcur);
+        matmul(c, L->wv, x, B, c->vcur);
         return;
-    nbi_pool_run(B > 1 ? c->pool : NULL, matmul_quantize, &j);
-    nbi_pool_run(c->pool, matmul_rows, &j);
+    }
+    matmul_job j = {.c = c, .x = x, .B = B, .n_w = 3, .W = {W[0], W[1], W[2]},
+                    .y = {c->q, c->kcur, c->vcur}};
+    for (int i = 0; i < 3; i++)
+        j.first[i + 1] = j.first[i] + W[i]->ne[1];
+    matmul_run(&j);
+}
+
+/* h1 = swiglu(x . Wgate^T, x . Wup^T); h2 is scratch */
+static void matmul_glu(nb_ctx *c, const nbi_layer *L, const float *x, int B)
+{
+    const nbi_tensor *W[2] = {L->w_gate, L->w_up};
+    if (!same_input(W, 2)) {
+        matmul(c, L->w_gate, x, B, c->h1);
+        matmul(c, L->w_up, x, B, c->h2);
+        for (int t = 0; t < B; t++)
+            c->k->swiglu((int)L->w_gate->ne[1], c->h1 + (size_t)t * L->w_gate->ne[1],
+                            c->h2 + (size_t)t * L->w_gate->ne[1]);
+        return;
+    }
+    matmul_job j = {.c = c, .x = x, .B = B, .n_w = 2, .glu = 1, .W = {W[0], W[1]},
+                    .y = {c->h1, c->h2}};
+    matmul_run(&j);
 }
 
 /* Cosines and sines of the rotary angles of one position: theta grows by
@@ -334,15 +435,15 @@ typedef struct attend_job {
     int layer, B;
 } attend_job;
 
-/* Every (token, head) pair is independent: split them across threads. */
-static void attend_task(void *arg, int ith, int nth)
+/* Every (token, head) pair is independent.  A later token attends to
+ * more of the cache, so the pairs are claimed in chunks rather than split
+ * evenly: a thread whose share was cheap helps with the rest. */
+static void attend_task(void *arg, int64_t lo, int64_t hi, int ith)
 {
     const attend_job *j = arg;
     nb_ctx *c = j->c;
     const nbi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, Qd = hp->n_head * hd;
-    int64_t lo, hi;
-    nbi_split((int64_t)j->B * hp->n_head, ith, nth, &lo, &hi);
     for (int64_t i = lo; i < hi; i++) {
         const int t = (int)(i / hp->n_head), h = (int)(i % hp->n_head);
         attend_head(c, c->rows[t].ctx, j->layer, c->q + (size_t)t * Qd, c->rows[t].pos, h,
@@ -367,7 +468,7 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
     const nb_model *m = c->m;
     const nbi_hparams *hp = &m->hp;
     const int E = hp->n_embd, hd = hp->head_dim;
-    const int Qd = hp->n_head * hd, KVd = hp->n_head_kv * hd, F = hp->n_ff;
+    const int Qd = hp->n_head * hd, KVd = hp->n_head_kv * hd;
     const nbi_to_float_fn embd_row = c->k->to_float[m->tok_embd->type];
     const size_t embd_row_size = nbi_row_size(m->tok_embd->type, E);
 
@@ -386,37 +487,26 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
 
         for (int t = 0; t < B; t++)
             rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
-        matmul(c, L->wq, c->xn, B, c->q);
-        matmul(c, L->wk, c->xn, B, c->kv);
+        matmul_qkv(c, L, c->xn, B);
         for (int t = 0; t < B; t++) {
             const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
             c->k->rope(hp->n_head, hd, hp->n_rot, c->q + (size_t)t * Qd, cs);
-            c->k->rope(hp->n_head_kv, hd, hp->n_rot, c->kv + (size_t)t * KVd, cs);
+            c->k->rope(hp->n_head_kv, hd, hp->n_rot, c->kcur + (size_t)t * KVd, cs);
             const nb_ctx *rc = rows[t].ctx;
-            c->k->from_float[NB_TYPE_F16](c->kv + (size_t)t * KVd,
-                                          rc->kcache + ((size_t)l * rc->n_ctx + rows[t].pos) * KVd,
-                                          KVd);
-        }
-        matmul(c, L->wv, c->xn, B, c->kv);
-        for (int t = 0; t < B; t++) {
-            const nb_ctx *rc = rows[t].ctx;
-            c->k->from_float[NB_TYPE_F16](c->kv + (size_t)t * KVd,
-                                          rc->vcache + ((size_t)l * rc->n_ctx + rows[t].pos) * KVd,
-                                          KVd);
+            const size_t at = ((size_t)l * rc->n_ctx + rows[t].pos) * KVd;
+            c->k->from_float[NB_TYPE_F16](c->kcur + (size_t)t * KVd, rc->kcache + at, KVd);
+            c->k->from_float[NB_TYPE_F16](c->vcur + (size_t)t * KVd, rc->vcache + at, KVd);
         }
 
         attend_job aj = {c, l, B};
-        nbi_pool_run(c->pool, attend_task, &aj);
+        nbi_pool_run_chunked(c->pool, (int64_t)B * hp->n_head, 1, attend_task, &aj);
         matmul(c, L->wo, c->att, B, c->xn);
         for (size_t i = 0; i < (size_t)B * E; i++)
             c->x[i] += c->xn[i];
 
         for (int t = 0; t < B; t++)
             rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
-        matmul(c, L->w_gate, c->xn, B, c->h1);
-        matmul(c, L->w_up, c->xn, B, c->h2);
-        for (int t = 0; t < B; t++)
-            c->k->swiglu(F, c->h1 + (size_t)t * F, c->h2 + (size_t)t * F);
+        matmul_glu(c, L, c->xn, B);
         matmul(c, L->w_down, c->h1, B, c->xn);
         for (size_t i = 0; i < (size_t)B * E; i++)
             c->x[i] += c->xn[i];

@@ -81,6 +81,16 @@ int nbi_pool_size(const nbi_pool *p);
 /* Run fn on all threads and wait for all of them. */
 void nbi_pool_run(nbi_pool *p, nbi_task_fn fn, void *arg);
 
+/* fn(arg, lo, hi, ith): items [lo, hi) on thread ith. */
+typedef void (*nbi_range_fn)(void *arg, int64_t lo, int64_t hi, int ith);
+/* Run fn over items [0, n) on all threads, in chunks that start at
+ * multiples of `chunk` and hold `chunk` items (the last may hold fewer),
+ * each item exactly once; return when all are done.  Each thread begins
+ * with a contiguous share and, when it runs out, takes the remaining
+ * chunks of the others: nothing about an item may depend on which thread
+ * computes it.  One thread (or no pool): a single call over [0, n). */
+void nbi_pool_run_chunked(nbi_pool *p, int64_t n, int64_t chunk, nbi_range_fn fn, void *arg);
+
 /* Split n items into nth near-equal ranges; thread ith gets [*lo, *hi). */
 static inline void nbi_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi)
 {
