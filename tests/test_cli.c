@@ -328,6 +328,21 @@ static void test_tokenize_and_info(void **state)
     assert_non_null(strstr(err, "token_embd"));
     free(out), free(err);
     free(v);
+    /* byte-level BPE: GPT-2's vocabulary adds no BOS */
+    v = nbt_data_path("vocab/ggml-vocab-gpt-2.gguf");
+    assert_int_equal(RUN(&out, &err, "tokenize", "-m", v, "Hello world"), 0);
+    assert_string_equal(out, "15496 995\n");
+    free(out), free(err);
+    assert_int_equal(RUN(&out, &err, "info", v), 0);
+    assert_non_null(strstr(out, "tokenizer 'gpt2' (byte-level BPE, pre-tokenizer gpt-2)"));
+    free(out), free(err);
+    free(v);
+    v = model("llama-bpe-random-f16.gguf");
+    assert_int_equal(RUN(&out, &err, "info", v), 0);
+    assert_non_null(strstr(out, "pre-tokenizer deepseek-coder), BOS 32013 (added)"));
+    assert_non_null(strstr(out, "runnable:      yes"));
+    free(out), free(err);
+    free(v);
     char *m = model("stories260K-wide-q4_k_m.gguf");
     assert_int_equal(RUN(&out, &err, "info", "-a", m), 0);
     assert_non_null(strstr(out, "architecture:  llama"));

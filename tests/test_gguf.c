@@ -170,7 +170,8 @@ static void walk_gguf(const nb_gguf *g)
 }
 
 /* What a hostile vocabulary attacks once it is accepted: pieces stay
- * within the 256 bytes nb_detok relies on, ids stay in the vocabulary. */
+ * within the NB_MAX_PIECE bytes nb_detok relies on, ids stay in the
+ * vocabulary. */
 static void walk_model(const char *label, const nb_model *m)
 {
     nb_model_info in;
@@ -183,7 +184,7 @@ static void walk_model(const char *label, const nb_model *m)
         if (t < 0 || t >= nv)
             CHECK(n == -NB_ERR_INVALID, "%s: piece of invalid token %d returned %d", label, t, n);
         else
-            CHECK(n >= 0 && n <= 256, "%s: piece of token %d is %d bytes", label, t, n);
+            CHECK(n >= 0 && n <= NB_MAX_PIECE, "%s: piece of token %d is %d bytes", label, t, n);
         if (t >= 0 && t < nv)
             (void)nb_model_is_eog(m, t);
     }
@@ -1419,15 +1420,15 @@ static void test_oddities(void **state)
     }
     tokens[3] = gb_llama_token_text(3);
     {
-        /* 257 bytes is one more than a piece may have (nibble.h, nb_detok_push) */
-        char long_tok[258];
-        memset(long_tok, 'x', 257);
-        long_tok[257] = 0;
+        /* one byte more than a piece may have (nibble.h, NB_MAX_PIECE) */
+        static char long_tok[NB_MAX_PIECE + 2];
+        memset(long_tok, 'x', NB_MAX_PIECE + 1);
+        long_tok[NB_MAX_PIECE + 1] = 0;
         tokens[GB_LLAMA_N_VOCAB - 1] = long_tok;
         b = llama(NULL);
         gb_kv_remove(b, "tokenizer.ggml.tokens");
         gb_kv_arr_str(b, "tokenizer.ggml.tokens", tokens, GB_LLAMA_N_VOCAB);
-        consistent_b("token of 257 bytes", b);
+        consistent_b("token longer than NB_MAX_PIECE", b);
         tokens[GB_LLAMA_N_VOCAB - 1] = gb_llama_token_text(GB_LLAMA_N_VOCAB - 1);
     }
     {

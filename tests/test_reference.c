@@ -256,8 +256,8 @@ static void test_reference_file(void **state)
             char err[512];
             nb_status s = nb_model_open(model, NULL, &m, err, sizeof err);
             if (s == NB_ERR_UNSUPPORTED) {
-                /* Later issues add these (BPE vocabularies, qwen2): the tool must
-                 * refuse them clearly today. */
+                /* A later issue adds these (the qwen2 architecture): the tool
+                 * must refuse them clearly today. */
                 supported = 0;
                 int rc;
                 char *eerr = NULL;

@@ -161,7 +161,8 @@ typedef struct nb_model_info {
     const char *path;
     const char *name;          /* general.name, or "" */
     const char *arch;          /* general.architecture */
-    const char *tokenizer;     /* tokenizer.ggml.model, e.g. "llama" (SPM) */
+    const char *tokenizer;     /* tokenizer.ggml.model: "llama" (SentencePiece) or
+                                  "gpt2" (byte-level BPE) */
     const char *file_type;     /* predominant weight type, e.g. "Q4_0" */
     int vocab_only;
     int n_vocab;
@@ -194,6 +195,11 @@ NB_API nb_token nb_model_eos(const nb_model *m);
 NB_API int nb_model_is_eog(const nb_model *m, nb_token t);
 /* The metadata of the model file. */
 NB_API const nb_gguf *nb_model_gguf(const nb_model *m);
+/* A byte-level BPE vocabulary's pre-tokenizer, named by the rules it
+ * follows ("gpt-2", "llama-bpe", "qwen2", "deepseek-coder", ...; "default"
+ * too when tokenizer.ggml.pre is absent, as llama.cpp assumes); "" for
+ * SentencePiece.  Never NULL. */
+NB_API const char *nb_model_pre_tokenizer(const nb_model *m);
 
 /* ------------------------------------------------------------------ */
 /* Tokenizer                                                           */
@@ -205,7 +211,9 @@ enum {
                                  tokenized as plain text */
 };
 
-/* Tokenize len bytes of text (any bytes; invalid UTF-8 is byte-encoded).
+/* Tokenize len bytes of text.  Any bytes are accepted: invalid UTF-8
+ * becomes byte tokens in SentencePiece vocabularies and, as in llama.cpp,
+ * U+FFFD (one per byte that starts no character) in byte-level BPE ones.
  * Writes at most cap ids to out and returns how many the text needs, so a
  * return value > cap means "call again with a bigger buffer".  Returns a
  * negative nb_status on failure (-NB_ERR_NOMEM). */
@@ -216,8 +224,13 @@ enum {
     NB_PIECE_SPECIAL = 1 /* render control tokens (BOS, EOS) as their text */
 };
 
+/* The longest piece a token can have, in bytes: vocabularies with longer
+ * token texts are refused when the model is opened. */
+#define NB_MAX_PIECE 2048
+
 /* The bytes a token stands for (SPM "▁" becomes a space, byte tokens
- * become their byte).  Writes at most cap bytes, returns the full length,
+ * become their byte; BPE text maps back through GPT-2's byte-to-unicode
+ * table).  Writes at most cap bytes, returns the full length,
  * or -NB_ERR_INVALID for an id outside the vocabulary.  The bytes may be
  * part of a UTF-8 character; use nb_detok for streaming text. */
 NB_API int nb_token_piece(const nb_model *m, nb_token t, char *buf, size_t cap, int flags);
@@ -235,8 +248,9 @@ typedef struct nb_detok {
 NB_API void nb_detok_init(nb_detok *d, int flags);
 /* Append the text of token t to out (at most cap bytes are written,
  * always NUL-terminated when cap > 0).  Returns the number of bytes this
- * call produced; a token piece is at most 256 bytes, so cap >= 260 always
- * suffices. */
+ * call produced.  A piece is at most NB_MAX_PIECE bytes and a byte that
+ * can never be part of a character becomes the 3 bytes of U+FFFD, so
+ * cap >= 3 * NB_MAX_PIECE + 4 always suffices. */
 NB_API size_t nb_detok_push(nb_detok *d, const nb_model *m, nb_token t, char *out, size_t cap);
 /* Emit what is still held back (as U+FFFD: it was never completed). */
 NB_API size_t nb_detok_flush(nb_detok *d, char *out, size_t cap);

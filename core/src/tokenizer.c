@@ -1,15 +1,13 @@
 /*
- * tokenizer.c - the vocabulary and the SentencePiece (SPM) tokenizer.
+ * tokenizer.c - the vocabulary, and what its two kinds share.
  *
- * Tokenization follows llama.cpp's SPM rules so that prompts produce the
- * same ids as there: special tokens are split out first, a space is put in
- * front of text that starts the input or follows a special token, spaces
- * become U+2581, then adjacent symbols are merged greedily by the score of
- * the merged piece (highest first, leftmost on ties), and characters with
- * no token fall back to <0xNN> byte tokens.
- *
- * Detokenization turns pieces back into bytes and, in nb_detok, holds back
- * partial UTF-8 characters so a stream only ever shows whole characters.
+ * A vocabulary is SentencePiece (tokenizer.ggml.model = llama,
+ * tokenizer_spm.c) or byte-level BPE (gpt2, tokenizer_bpe.c).  Here: loading
+ * the tokens and the special-token metadata, splitting special tokens out
+ * of the text before either tokenizer sees it (as llama.cpp does, longest
+ * first), and detokenization, which turns pieces back into bytes and, in
+ * nb_detok, holds back partial UTF-8 characters so a stream only ever
+ * shows whole characters.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,8 +15,6 @@
 #include <string.h>
 
 #include "internal.h"
-
-#define SPM_SPACE "\xe2\x96\x81" /* U+2581 LOWER ONE EIGHTH BLOCK */
 
 static nb_status get_token_id(const nb_gguf *g, const char *key, int32_t n, nb_token *out,
                               char *err, size_t errlen)
@@ -66,10 +62,12 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
                        "the file has no tokenizer (tokenizer.ggml.model is missing)");
     if (model_len == 5 && memcmp(model, "llama", 5) == 0) {
         v->type = NBI_VOCAB_SPM;
+    } else if (model_len == 4 && memcmp(model, "gpt2", 4) == 0) {
+        v->type = NBI_VOCAB_BPE;
     } else {
         return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
-                       "tokenizer '%.*s' is not supported (nibble reads SentencePiece 'llama' "
-                       "vocabularies)",
+                       "tokenizer '%.*s' is not supported (nibble reads 'llama' (SentencePiece) "
+                       "and 'gpt2' (byte-level BPE) vocabularies)",
                        (int)NBI_MIN(model_len, 64), model);
     }
 
@@ -147,13 +145,23 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
     }
     qsort_r(v->special, (size_t)v->n_special, sizeof *v->special, cmp_special, v);
 
-    /* SentencePiece defaults, as llama.cpp assumes for 'llama' vocabularies. */
-    v->unk = 0;
-    v->bos = n > 1 ? 1 : -1;
-    v->eos = n > 2 ? 2 : -1;
-    v->add_bos = true;
+    if (v->type == NBI_VOCAB_SPM) {
+        /* SentencePiece defaults, as llama.cpp assumes for 'llama' vocabularies. */
+        v->unk = 0;
+        v->bos = n > 1 ? 1 : -1;
+        v->eos = n > 2 ? 2 : -1;
+        v->add_bos = true;
+        v->add_space_prefix = true;
+    } else {
+        if ((st = nbi_bpe_load(v, g, err, errlen)))
+            return st;
+        /* llama.cpp's GPT-2 defaults (Falcon's <|endoftext|>), out-of-range
+         * ones disabled; BOS only for the kinds that add it */
+        v->bos = v->eos = n > 11 ? 11 : -1;
+        v->add_bos = nbi_pre_add_bos(v->pre);
+        v->add_space_prefix = false;
+    }
     v->add_eos = false;
-    v->add_space_prefix = true;
     if ((st = get_token_id(g, "tokenizer.ggml.bos_token_id", n, &v->bos, err, errlen)) ||
         (st = get_token_id(g, "tokenizer.ggml.eos_token_id", n, &v->eos, err, errlen)) ||
         (st = get_token_id(g, "tokenizer.ggml.unknown_token_id", n, &v->unk, err, errlen)) ||
@@ -168,11 +176,14 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
                                 errlen)) ||
         (st = nbi_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &v->add_eos, &found, err,
                                 errlen)) ||
-        (st = nbi_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &v->add_space_prefix,
-                                &found, err, errlen)))
+        (v->type == NBI_VOCAB_SPM &&
+         (st = nbi_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &v->add_space_prefix,
+                                 &found, err, errlen))))
         return st;
     if (v->add_bos && v->bos < 0)
         return nbi_err(err, errlen, NB_ERR_FORMAT, "the vocabulary asks for BOS but has none");
+    if (v->add_eos && v->eos < 0)
+        return nbi_err(err, errlen, NB_ERR_FORMAT, "the vocabulary asks for EOS but has none");
 
     /* End-of-generation tokens: EOS, EOT, and the end-of-turn markers of
      * common chat formats when the vocabulary marks them as control. */
@@ -205,207 +216,9 @@ void nbi_vocab_free(nbi_vocab *v)
     free(v->attr);
     free(v->special);
     free(v->eog);
+    nbi_bpe_free(v);
     nbi_strmap_free(&v->map);
     memset(v, 0, sizeof *v);
-}
-
-/* ------------------------------------------------------------------ output */
-
-typedef struct tokbuf {
-    nb_token *out;
-    int64_t cap, n;
-} tokbuf;
-
-static void emit(tokbuf *b, nb_token t)
-{
-    if (b->n < b->cap)
-        b->out[b->n] = t;
-    b->n++;
-}
-
-/* ------------------------------------------------------------------ SPM */
-
-typedef struct spm_sym {
-    int prev, next; /* linked list of live symbols; -1 ends */
-    uint32_t off, len;
-} spm_sym;
-
-typedef struct spm_bigram {
-    float score;
-    int left;       /* symbol index */
-    uint32_t size;  /* bytes of the merged text, to detect stale entries */
-} spm_bigram;
-
-/* Max-heap order: higher score first, then the leftmost pair. */
-static int bigram_before(const spm_bigram *a, const spm_bigram *b)
-{
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-typedef struct spm_heap {
-    spm_bigram *v;
-    size_t n, cap;
-} spm_heap;
-
-static int heap_push(spm_heap *h, spm_bigram b)
-{
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? h->cap * 2 : 64;
-        spm_bigram *nv = nbi_malloc_array(nc, sizeof *nv);
-        if (!nv)
-            return -1;
-        if (h->n)
-            memcpy(nv, h->v, h->n * sizeof *nv);
-        free(h->v);
-        h->v = nv;
-        h->cap = nc;
-    }
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!bigram_before(&b, &h->v[parent]))
-            break;
-        h->v[i] = h->v[parent];
-        i = parent;
-    }
-    h->v[i] = b;
-    return 0;
-}
-
-static spm_bigram heap_pop(spm_heap *h)
-{
-    spm_bigram top = h->v[0], last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && bigram_before(&h->v[c + 1], &h->v[c]))
-            c++;
-        if (!bigram_before(&h->v[c], &last))
-            break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n)
-        h->v[i] = last;
-    return top;
-}
-
-static int try_bigram(const nbi_vocab *v, const char *text, const spm_sym *sym, int left,
-                      int right, spm_heap *h)
-{
-    if (left < 0 || right < 0)
-        return 0;
-    uint32_t size = sym[left].len + sym[right].len;
-    int32_t id = nbi_strmap_get(&v->map, text + sym[left].off, size);
-    if (id < 0)
-        return 0;
-    spm_bigram b = {v->score[id], left, size};
-    return heap_push(h, b);
-}
-
-/* llama.cpp sizes symbols by the first byte alone (0xF8..0xFF count as
- * four), clamped to the text; keeping that rule keeps ids identical on
- * invalid UTF-8. */
-static uint32_t spm_char_len(unsigned char c)
-{
-    static const uint8_t by_high_nibble[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-    return by_high_nibble[c >> 4];
-}
-
-static void spm_emit_symbol(const nbi_vocab *v, const char *s, uint32_t len, tokbuf *out)
-{
-    int32_t id = nbi_strmap_get(&v->map, s, len);
-    if (id >= 0) {
-        emit(out, id);
-        return;
-    }
-    for (uint32_t i = 0; i < len; i++) {
-        int32_t b = v->byte_tok[(unsigned char)s[i]];
-        if (b < 0) {
-            /* no byte token: try the byte as a one-character piece */
-            b = nbi_strmap_get(&v->map, s + i, 1);
-            if (b < 0)
-                b = v->unk;
-        }
-        if (b >= 0)
-            emit(out, b);
-    }
-}
-
-/* Tokenize one run of text that contains no special tokens. */
-static nb_status spm_tokenize(const nbi_vocab *v, const char *raw, size_t raw_len, int prefix,
-                              tokbuf *out)
-{
-    /* Escape: optional leading space, every ' ' becomes U+2581. */
-    size_t n_spaces = 0;
-    for (size_t i = 0; i < raw_len; i++)
-        n_spaces += raw[i] == ' ';
-    /* each space grows from 1 to 3 bytes; the prefix adds 3 */
-    if (raw_len > UINT32_MAX / 4)
-        return NB_ERR_INVALID;
-    size_t len = raw_len + n_spaces * 2 + (prefix ? 3 : 0);
-    char *text = malloc(len + 1);
-    spm_sym *sym = nbi_malloc_array(len + 1, sizeof *sym);
-    spm_heap heap = {0};
-    nb_status st = NB_OK;
-    if (!text || !sym) {
-        st = NB_ERR_NOMEM;
-        goto done;
-    }
-    size_t k = 0;
-    if (prefix) {
-        memcpy(text, SPM_SPACE, 3);
-        k = 3;
-    }
-    for (size_t i = 0; i < raw_len; i++) {
-        if (raw[i] == ' ') {
-            memcpy(text + k, SPM_SPACE, 3);
-            k += 3;
-        } else {
-            text[k++] = raw[i];
-        }
-    }
-
-    int n_sym = 0;
-    for (uint32_t off = 0; off < len;) {
-        uint32_t cl = NBI_MIN(spm_char_len((unsigned char)text[off]), (uint32_t)len - off);
-        sym[n_sym] = (spm_sym){n_sym - 1, off + cl < len ? n_sym + 1 : -1, off, cl};
-        n_sym++;
-        off += cl;
-    }
-    for (int i = 1; i < n_sym; i++)
-        if (try_bigram(v, text, sym, i - 1, i, &heap) < 0) {
-            st = NB_ERR_NOMEM;
-            goto done;
-        }
-    while (heap.n) {
-        spm_bigram b = heap_pop(&heap);
-        spm_sym *l = &sym[b.left];
-        if (l->len == 0 || l->next < 0)
-            continue;
-        spm_sym *r = &sym[l->next];
-        if (l->len + r->len != b.size)
-            continue; /* one side changed since this pair was queued */
-        l->len += r->len;
-        r->len = 0;
-        l->next = r->next;
-        if (r->next >= 0)
-            sym[r->next].prev = b.left;
-        if (try_bigram(v, text, sym, l->prev, b.left, &heap) < 0 ||
-            try_bigram(v, text, sym, b.left, l->next, &heap) < 0) {
-            st = NB_ERR_NOMEM;
-            goto done;
-        }
-    }
-    for (int i = n_sym ? 0 : -1; i >= 0; i = sym[i].next)
-        spm_emit_symbol(v, text + sym[i].off, sym[i].len, out);
-done:
-    free(text);
-    free(sym);
-    free(heap.v);
-    return st;
 }
 
 /* ------------------------------------------------------------------ specials */
@@ -420,19 +233,20 @@ typedef struct fraglist {
     size_t n, cap;
 } fraglist;
 
-static int frag_insert(fraglist *f, size_t at, fragment x)
+static int frag_push(fraglist *f, fragment x)
 {
     if (f->n == f->cap) {
         size_t nc = f->cap ? f->cap * 2 : 16;
-        fragment *nv = realloc(f->v, nc * sizeof *nv);
+        fragment *nv = nbi_malloc_array(nc, sizeof *nv);
         if (!nv)
             return -1;
+        if (f->n)
+            memcpy(nv, f->v, f->n * sizeof *nv);
+        free(f->v);
         f->v = nv;
         f->cap = nc;
     }
-    memmove(f->v + at + 1, f->v + at, (f->n - at) * sizeof *f->v);
-    f->v[at] = x;
-    f->n++;
+    f->v[f->n++] = x;
     return 0;
 }
 
@@ -451,76 +265,125 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle, siz
     return NULL;
 }
 
-/* Split the text around special tokens, longest token texts first, as
- * llama.cpp does.  Control and unknown tokens are only recognised when
- * parse_special is set; user-defined tokens always are. */
+/* Cut the raw fragments of cur at the occurrences of token id (scanned
+ * left to right) into next; returns the number of occurrences, -1 on
+ * NOMEM. */
+static int64_t split_at(const nbi_vocab *v, const char *text, nb_token id, const fraglist *cur,
+                        fraglist *next)
+{
+    const char *tt = v->text[id];
+    size_t tl = v->len[id];
+    int64_t hits = 0;
+    next->n = 0;
+    for (size_t i = 0; i < cur->n; i++) {
+        fragment fr = cur->v[i];
+        const char *hit;
+        while (fr.token < 0 && (hit = find_bytes(text + fr.off, fr.len, tt, tl))) {
+            size_t left = (size_t)(hit - (text + fr.off));
+            if ((left && frag_push(next, (fragment){fr.off, left, -1}) < 0) ||
+                frag_push(next, (fragment){0, 0, id}) < 0)
+                return -1;
+            fr.off += left + tl;
+            fr.len -= left + tl;
+            hits++;
+        }
+        if ((fr.token >= 0 || fr.len) && frag_push(next, fr) < 0)
+            return -1;
+    }
+    return hits;
+}
+
+/* Split the text around special tokens as llama.cpp does: longest token
+ * texts first, each cutting every piece of raw text the longer ones left.
+ * Control and unknown tokens are only recognised when parse_special is
+ * set; user-defined tokens always are. */
 static nb_status partition(const nbi_vocab *v, const char *text, size_t len, int parse_special,
                            fraglist *f)
 {
-    if (frag_insert(f, 0, (fragment){0, len, -1}) < 0)
-        return NB_ERR_NOMEM;
+    /* The byte pairs of the text: a token whose first two bytes never
+     * occur together is not in it, which skips most tokens at once. */
+    uint64_t *pairs = calloc(65536 / 64, sizeof *pairs);
+    bool byte[256] = {false};
+    fraglist next = {0};
+    nb_status st = NB_OK;
+    if (!pairs || frag_push(f, (fragment){0, len, -1}) < 0) {
+        st = NB_ERR_NOMEM;
+        goto done;
+    }
+    const unsigned char *u = (const unsigned char *)text;
+    for (size_t i = 0; i < len; i++) {
+        byte[u[i]] = true;
+        if (i + 1 < len) {
+            unsigned pr = (unsigned)u[i] << 8 | u[i + 1];
+            pairs[pr / 64] |= 1ull << (pr % 64);
+        }
+    }
     for (int s = 0; s < v->n_special; s++) {
         nb_token id = v->special[s];
         if (!parse_special && v->attr[id] != NBI_TOK_USER_DEFINED)
             continue;
-        const char *tt = v->text[id];
+        const unsigned char *tt = (const unsigned char *)v->text[id];
         size_t tl = v->len[id];
-        for (size_t i = 0; i < f->n; i++) {
-            if (f->v[i].token >= 0)
+        if (tl > len || !byte[tt[0]])
+            continue;
+        if (tl > 1) {
+            unsigned pr = (unsigned)tt[0] << 8 | tt[1];
+            if (!(pairs[pr / 64] >> (pr % 64) & 1))
                 continue;
-            const char *hit = find_bytes(text + f->v[i].off, f->v[i].len, tt, tl);
-            if (!hit)
-                continue;
-            size_t at = (size_t)(hit - text);
-            fragment rest = {at + tl, f->v[i].off + f->v[i].len - (at + tl), -1};
-            size_t left_len = at - f->v[i].off;
-            if (left_len) {
-                f->v[i].len = left_len;
-                if (frag_insert(f, ++i, (fragment){0, 0, id}) < 0)
-                    return NB_ERR_NOMEM;
-            } else {
-                f->v[i] = (fragment){0, 0, id};
-            }
-            if (rest.len && frag_insert(f, i + 1, rest) < 0)
-                return NB_ERR_NOMEM;
-            /* the loop continues with the rest fragment at i + 1 */
+        }
+        int64_t hits = split_at(v, text, id, f, &next);
+        if (hits < 0) {
+            st = NB_ERR_NOMEM;
+            goto done;
+        }
+        if (hits) {
+            fraglist t = *f;
+            *f = next;
+            next = t;
         }
     }
-    return NB_OK;
+done:
+    free(next.v);
+    free(pairs);
+    return st;
 }
 
 int64_t nb_tokenize(const nb_model *m, const char *text, size_t len, nb_token *out, int64_t cap,
                     int flags)
 {
     const nbi_vocab *v = &m->vocab;
-    tokbuf b = {out, out ? cap : 0, 0};
+    nbi_tokbuf b = {out, out ? cap : 0, 0};
     if (!text && len)
         return -NB_ERR_INVALID;
-    if (v->type != NBI_VOCAB_SPM)
+    if (v->type != NBI_VOCAB_SPM && v->type != NBI_VOCAB_BPE)
         return -NB_ERR_UNSUPPORTED;
     int add_special = (flags & NB_TOK_ADD_SPECIAL) != 0;
     if (add_special && v->add_bos)
-        emit(&b, v->bos);
+        nbi_emit(&b, v->bos);
     if (len) {
         fraglist f = {0};
+        nbi_bpe_scratch *scratch = NULL;
         nb_status st = partition(v, text, len, (flags & NB_TOK_PARSE_SPECIAL) != 0, &f);
         int prev_special = 1; /* the input start counts as following a special token */
         for (size_t i = 0; st == NB_OK && i < f.n; i++) {
             if (f.v[i].token >= 0) {
-                emit(&b, f.v[i].token);
+                nbi_emit(&b, f.v[i].token);
                 prev_special = 1;
-            } else {
-                st = spm_tokenize(v, text + f.v[i].off, f.v[i].len,
-                                  v->add_space_prefix && prev_special, &b);
+            } else if (v->type == NBI_VOCAB_SPM) {
+                st = nbi_spm_tokenize(v, text + f.v[i].off, f.v[i].len,
+                                      v->add_space_prefix && prev_special, &b);
                 prev_special = 0;
+            } else {
+                st = nbi_bpe_tokenize(v, text + f.v[i].off, f.v[i].len, &scratch, &b);
             }
         }
         free(f.v);
+        nbi_bpe_scratch_free(scratch);
         if (st)
             return -(int64_t)st;
     }
     if (add_special && v->add_eos && v->eos >= 0)
-        emit(&b, v->eos);
+        nbi_emit(&b, v->eos);
     return b.n;
 }
 
@@ -546,7 +409,9 @@ int nb_token_piece(const nb_model *m, nb_token t, char *buf, size_t cap, int fla
     case NBI_TOK_USER_DEFINED:
         break;
     case NBI_TOK_BYTE:
-        if (len == 6 && memcmp(s, "<0x", 3) == 0) {
+        if (v->type == NBI_VOCAB_BPE) {
+            len = 0; /* no meaning in a byte-level vocabulary; llama.cpp shows nothing */
+        } else if (len == 6 && memcmp(s, "<0x", 3) == 0) {
             unsigned byte;
             char hex[3] = {s[3], s[4], 0};
             if (sscanf(hex, "%2x", &byte) == 1) {
@@ -556,19 +421,10 @@ int nb_token_piece(const nb_model *m, nb_token t, char *buf, size_t cap, int fla
             }
         }
         break;
-    default: { /* normal text: U+2581 is a space */
-        size_t k = 0;
-        for (size_t i = 0; i < len;) {
-            if (i + 3 <= len && memcmp(s + i, SPM_SPACE, 3) == 0) {
-                tmp[k++] = ' ';
-                i += 3;
-            } else {
-                tmp[k++] = s[i++];
-            }
-        }
+    default: /* normal text */
+        len = v->type == NBI_VOCAB_BPE ? nbi_bpe_piece(s, len, tmp) : nbi_spm_piece(s, len, tmp);
         s = tmp;
-        len = k;
-    }
+        break;
     }
     if (cap)
         memcpy(buf, s, NBI_MIN(len, cap));

@@ -240,7 +240,7 @@ int cmd_eval(int argc, char **argv)
     }
 
     /* Greedy continuation: argmax, lowest id on ties. */
-    size_t text_cap = 64 + (size_t)n_greedy * 300, text_len = 0;
+    size_t text_cap = 64 + (size_t)n_greedy * (3 * NB_MAX_PIECE + 4), text_len = 0;
     text = malloc(text_cap);
     if (!text) {
         tool_error("out of memory");

@@ -97,6 +97,27 @@ int cmd_info(int argc, char **argv)
             printf("output:        %s\n", in.tied_output ? "tied to the token embedding" : "separate");
         }
         printf("vocabulary:    %d tokens, tokenizer '%s'", in.n_vocab, in.tokenizer);
+        if (!strcmp(in.tokenizer, "llama")) {
+            printf(" (SentencePiece)");
+        } else if (!strcmp(in.tokenizer, "gpt2")) {
+            /* the file's name for the pre-tokenizer, and the rules it means */
+            const char *rules = nb_model_pre_tokenizer(m);
+            int64_t k = nb_gguf_find(g, "tokenizer.ggml.pre");
+            char named[72] = "";
+            if (k >= 0)
+                nb_gguf_format_value(g, k, named, sizeof named, 0);
+            size_t nl = strlen(named);
+            if (nl >= 2 && named[0] == '"' && named[nl - 1] == '"') {
+                memmove(named, named + 1, nl - 2);
+                named[nl - 2] = 0;
+            }
+            if (k < 0)
+                printf(" (byte-level BPE, no pre-tokenizer named: %s)", rules);
+            else if (!strcmp(named, rules))
+                printf(" (byte-level BPE, pre-tokenizer %s)", rules);
+            else
+                printf(" (byte-level BPE, pre-tokenizer %s: %s rules)", named, rules);
+        }
         if (in.bos >= 0)
             printf(", BOS %d%s", in.bos, in.add_bos ? " (added)" : "");
         if (in.eos >= 0)

@@ -274,7 +274,7 @@ int cmd_run(int argc, char **argv)
 
     nb_detok dt;
     nb_detok_init(&dt, 0);
-    char piece[512];
+    char piece[3 * NB_MAX_PIECE + 4];
     const char *emit;
     size_t emit_len;
     int n_gen = 0, stopped = 0;

@@ -81,9 +81,10 @@ int cmd_tokenize(int argc, char **argv)
         if (i)
             putchar(' ');
         if (pieces) {
-            char piece[300];
+            char piece[NB_MAX_PIECE];
             int pl = nb_token_piece(m, ids[i], piece, sizeof piece, NB_PIECE_SPECIAL);
-            printf("%d:'%.*s'", ids[i], pl > 0 ? pl : 0, piece);
+            pl = pl < 0 ? 0 : pl > (int)sizeof piece ? (int)sizeof piece : pl;
+            printf("%d:'%.*s'", ids[i], pl, piece);
         } else {
             printf("%d", ids[i]);
         }

@@ -149,7 +149,7 @@ nb_token *tokenize_all(const nb_model *m, const char *text, size_t len, int flag
         return NULL;
     }
     int64_t got = nb_tokenize(m, text, len, ids, cap, flags);
-    if (got > cap) { /* cannot happen for SPM (at most one id per byte) but stay safe */
+    if (got > cap) { /* SPM: at most one id per byte; BPE: 3 for a byte that is not UTF-8 */
         free(ids);
         cap = got;
         ids = malloc((size_t)cap * sizeof *ids);
