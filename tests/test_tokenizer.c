@@ -1281,12 +1281,13 @@ static void test_bpe_reference_prompts(void **state)
 
 /* ------------------------------------------------------------------ refused */
 
-/* A vocabulary-only BPE file: the 256 byte characters, "ab" and "abc". */
+/* A vocabulary-only BPE file: the 256 byte characters, "ab", "abc" (by
+ * merges) and "xyz" (without). */
 static gguf_builder *tiny_bpe(void)
 {
     gguf_builder *b = gb_new();
     static char chars[256][3];
-    const char *toks[258];
+    const char *toks[259];
     for (int i = 0; i < 256; i++) {
         size_t n = gpt2_char((unsigned char)i, chars[i]);
         chars[i][n] = 0;
@@ -1294,10 +1295,11 @@ static gguf_builder *tiny_bpe(void)
     }
     toks[256] = "ab";
     toks[257] = "abc";
+    toks[258] = "xyz";
     gb_kv_str(b, "general.architecture", "llama");
     gb_kv_str(b, "tokenizer.ggml.model", "gpt2");
     gb_kv_str(b, "tokenizer.ggml.pre", "gpt-2");
-    gb_kv_arr_str(b, "tokenizer.ggml.tokens", toks, 258);
+    gb_kv_arr_str(b, "tokenizer.ggml.tokens", toks, 259);
     static const char *const merges[] = {"a b", "ab c"};
     gb_kv_arr_str(b, "tokenizer.ggml.merges", merges, 2);
     return b;
@@ -1334,6 +1336,7 @@ static void test_bpe_refused(void **state)
 {
     (void)state;
     /* the builder's file itself loads, and merges as listed */
+    gguf_builder *b;
     nb_model *m;
     char err[1024];
     assert_int_equal(open_built(tiny_bpe(), &m, err, sizeof err), NB_OK);
@@ -1345,9 +1348,25 @@ static void test_bpe_refused(void **state)
     assert_int_equal(ids[2], ' '); /* "Ġ", byte 32's character, is token 32 */
     assert_int_equal(ids[3], 'a');
     free(ids);
+    ids = tok(m, "xyz", 3, 0, &n);
+    assert_int_equal(n, 3);
+    free(ids);
+    nb_model_close(m);
+    /* Llama 3 takes a piece that is a token as it is, merges or not */
+    b = tiny_bpe();
+    gb_kv_remove(b, "tokenizer.ggml.pre");
+    gb_kv_str(b, "tokenizer.ggml.pre", "llama-bpe");
+    assert_int_equal(open_built(b, &m, err, sizeof err), NB_OK);
+    ids = tok(m, "xyz abc", 7, NB_TOK_ADD_SPECIAL, &n);
+    assert_int_equal(n, 4); /* BOS (llama.cpp's default for llama-bpe), "xyz", " ", "abc" */
+    assert_int_equal(ids[0], 11);
+    assert_int_equal(ids[1], 258);
+    assert_int_equal(ids[2], ' ');
+    assert_int_equal(ids[3], 257);
+    free(ids);
     nb_model_close(m);
 
-    gguf_builder *b = tiny_bpe();
+    b = tiny_bpe();
     gb_kv_remove(b, "tokenizer.ggml.pre");
     gb_kv_str(b, "tokenizer.ggml.pre", "gpt-7");
     expect_refused(b, NB_ERR_UNSUPPORTED, "pre-tokenizer 'gpt-7' (tokenizer.ggml.pre) is not "
@@ -1406,10 +1425,10 @@ static void test_bpe_refused(void **state)
     gb_free(b);
     /* random damage to the file: refused cleanly, or it works */
     b = tiny_bpe();
-    int32_t types[258];
-    for (int i = 0; i < 258; i++)
+    int32_t types[259];
+    for (int i = 0; i < 259; i++)
         types[i] = i == 11 ? 3 : i == 256 ? 4 : 1;
-    gb_kv_arr(b, "tokenizer.ggml.token_type", GB_INT32, types, 258);
+    gb_kv_arr(b, "tokenizer.ggml.token_type", GB_INT32, types, 259);
     gb_kv_remove(b, "tokenizer.ggml.pre");
     gb_kv_str(b, "tokenizer.ggml.pre", "llama-bpe");
     uint8_t *good = gb_build(b, &len);

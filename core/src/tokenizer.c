@@ -300,20 +300,19 @@ static int64_t split_at(const nbi_vocab *v, const char *text, nb_token id, const
 static nb_status partition(const nbi_vocab *v, const char *text, size_t len, int parse_special,
                            fraglist *f)
 {
-    /* The byte pairs of the text: a token whose first two bytes never
-     * occur together is not in it, which skips most tokens at once. */
-    uint64_t *pairs = calloc(65536 / 64, sizeof *pairs);
-    bool byte[256] = {false};
+    /* With many special tokens, the text's byte pairs first: a token whose
+     * first two bytes never occur together is not in it, which skips most
+     * of them at once (DeepSeek LLM has 2,400). */
+    uint64_t *pairs = NULL;
     fraglist next = {0};
     nb_status st = NB_OK;
-    if (!pairs || frag_push(f, (fragment){0, len, -1}) < 0) {
-        st = NB_ERR_NOMEM;
-        goto done;
-    }
-    const unsigned char *u = (const unsigned char *)text;
-    for (size_t i = 0; i < len; i++) {
-        byte[u[i]] = true;
-        if (i + 1 < len) {
+    if (frag_push(f, (fragment){0, len, -1}) < 0)
+        return NB_ERR_NOMEM;
+    if (v->n_special > 32) {
+        if (!(pairs = calloc(65536 / 64, sizeof *pairs)))
+            return NB_ERR_NOMEM;
+        const unsigned char *u = (const unsigned char *)text;
+        for (size_t i = 0; i + 1 < len; i++) {
             unsigned pr = (unsigned)u[i] << 8 | u[i + 1];
             pairs[pr / 64] |= 1ull << (pr % 64);
         }
@@ -324,9 +323,9 @@ static nb_status partition(const nbi_vocab *v, const char *text, size_t len, int
             continue;
         const unsigned char *tt = (const unsigned char *)v->text[id];
         size_t tl = v->len[id];
-        if (tl > len || !byte[tt[0]])
+        if (tl > len)
             continue;
-        if (tl > 1) {
+        if (pairs && tl > 1) {
             unsigned pr = (unsigned)tt[0] << 8 | tt[1];
             if (!(pairs[pr / 64] >> (pr % 64) & 1))
                 continue;
@@ -334,7 +333,7 @@ static nb_status partition(const nbi_vocab *v, const char *text, size_t len, int
         int64_t hits = split_at(v, text, id, f, &next);
         if (hits < 0) {
             st = NB_ERR_NOMEM;
-            goto done;
+            break;
         }
         if (hits) {
             fraglist t = *f;
@@ -342,7 +341,6 @@ static nb_status partition(const nbi_vocab *v, const char *text, size_t len, int
             next = t;
         }
     }
-done:
     free(next.v);
     free(pairs);
     return st;

@@ -309,6 +309,7 @@ static void try_pair(const nbi_bpe *m, nbi_bpe_scratch *s, int32_t left, int32_t
         heap_push(s, (cand){rank, left, right, result, l->len + r->len});
 }
 
+/* Room for need elements; the contents are not kept. */
 static nb_status grow(void **p, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap)
