@@ -533,7 +533,7 @@ static void take_token(nbd_sched *s, slot *sl, nb_token t)
     sl->n_generated++;
     if (!sl->t_first)
         sl->t_first = now_s();
-    char piece[512];
+    char piece[3 * NB_MAX_PIECE + 4]; /* nb_detok_push's bound */
     size_t n = nb_detok_push(&sl->dt, s->model, t, piece, sizeof piece);
     if (sl->stopper) {
         const char *e;

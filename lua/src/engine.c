@@ -233,7 +233,7 @@ static const char *generate(gen *g, run *r, nb_ctx *ctx, nb_token *hist)
         reason = "length";
         goto out;
     }
-    char piece[512];
+    char piece[3 * NB_MAX_PIECE + 4]; /* nb_detok_push's bound */
     for (;;) {
         if (atomic_load(&g->cancel)) {
             reason = "cancelled";
@@ -717,7 +717,7 @@ static int m_detokenize(lua_State *L)
     nb_detok_init(&dt, special ? NB_PIECE_SPECIAL : 0);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    char piece[512];
+    char piece[3 * NB_MAX_PIECE + 4];
     for (size_t i = 0; i <= n; i++) {
         size_t pn = i < n ? nb_detok_push(&dt, m, t[i], piece, sizeof piece)
                           : nb_detok_flush(&dt, piece, sizeof piece);
