@@ -346,53 +346,88 @@ static size_t *line_starts(const char *s, size_t len, int64_t *n)
     return v;
 }
 
+/* The first of the increasing offsets c[0..n) from which the rest of s
+ * is at most budget tokens, or -1 (-2 on failure).  Counting the whole
+ * tail from every candidate would tokenize the text many times over; so
+ * the segments between candidates are counted once each, from the end,
+ * until their sum passes the budget, and the candidate found that way is
+ * then confirmed with exact counts (a segment counted alone may differ by
+ * a token or two at its edges). */
+static int64_t smallest_fit(const nb_model *m, const char *s, size_t len, const size_t *c,
+                            int64_t n, int64_t budget)
+{
+    int64_t acc = 0, k = n;
+    while (k > 0) {
+        size_t end = k < n ? c[k] : len;
+        int64_t seg = count_tokens(m, s + c[k - 1], end - c[k - 1]);
+        if (seg < 0)
+            return -2;
+        if (acc + seg > budget)
+            break;
+        acc += seg;
+        k--;
+    }
+    if (k == n)
+        k = n - 1; /* even the last segment alone is over: let the check decide */
+    /* exact: move on while it does not fit, back while the one before fits */
+    for (;;) {
+        int64_t e = count_tokens(m, s + c[k], len - c[k]);
+        if (e < 0)
+            return -2;
+        if (e > budget) {
+            if (++k >= n)
+                return -1;
+            continue;
+        }
+        if (k == 0)
+            return 0;
+        int64_t before = count_tokens(m, s + c[k - 1], len - c[k - 1]);
+        if (before < 0)
+            return -2;
+        if (before > budget)
+            return k;
+        k--;
+    }
+}
+
 /* Where the kept tail of a prefix starts so that it is at most budget
- * tokens: the first of the line starts 16, 32, 48... that fits (counts
- * shrink as the cut moves on, so a binary search finds it), else the first
- * line start of all that fits.  *found = 0 when no line start does
- * either; the caller then cuts tokens. */
+ * tokens: the first of the text's start and its line starts 16, 32,
+ * 48... that fits, else the first line start of all that fits.  *found =
+ * 0 when no line start does either; the caller then cuts tokens. */
 static int tail_start(const nb_model *m, const char *s, size_t len, int64_t budget, size_t *at,
                       int *found)
 {
     *at = 0;
     *found = 1;
-    int64_t n = count_tokens(m, s, len);
-    if (n < 0)
-        return -1;
-    if (n <= budget)
-        return 0;
     int64_t nl;
     size_t *ls = line_starts(s, len, &nl);
     if (nl < 0)
         return -1;
-    for (int step = 16; step >= 1; step = step == 16 ? 1 : 0) {
-        /* candidates: ls[step-1], ls[2*step-1], ... */
-        int64_t lo = 0, hi = nl / step; /* search k in [1, hi] */
-        int64_t best = -1;
-        while (lo < hi) {
-            int64_t mid = lo + (hi - lo) / 2 + 1; /* in [lo+1, hi] */
-            size_t off = ls[mid * step - 1];
-            int64_t c = count_tokens(m, s + off, len - off);
-            if (c < 0) {
-                free(ls);
-                return -1;
-            }
-            if (c <= budget) {
-                best = mid;
-                hi = mid - 1;
-            } else {
-                lo = mid;
-            }
+    size_t *c = malloc((size_t)(nl + 1) * sizeof *c);
+    if (!c) {
+        free(ls);
+        return -1;
+    }
+    int rc = 0;
+    *found = 0;
+    for (int step = 16; step >= 1 && !*found; step = step == 16 ? 1 : 0) {
+        int64_t n = 0;
+        c[n++] = 0;
+        for (int64_t k = step; k <= nl; k += step)
+            c[n++] = ls[k - 1];
+        int64_t best = smallest_fit(m, s, len, c, n, budget);
+        if (best == -2) {
+            rc = -1;
+            break;
         }
-        if (best > 0) {
-            *at = ls[best * step - 1];
-            free(ls);
-            return 0;
+        if (best >= 0) {
+            *at = c[best];
+            *found = 1;
         }
     }
+    free(c);
     free(ls);
-    *found = 0;
-    return 0;
+    return rc;
 }
 
 /* Where the kept head of a suffix ends so that it is at most budget
