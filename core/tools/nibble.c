@@ -28,6 +28,8 @@ static const char usage[] =
     "  synth      write a random-weight LLaMA model of a given shape\n"
     "  quantize   convert an F32/F16/BF16 model to a quantized type\n"
     "  bench      measure prompt and generation speed against memory bandwidth\n"
+    "  perplexity perplexity of a model over a text, and its KL divergence from\n"
+    "             a reference model's predictions (--kl-base)\n"
     "\n"
     "Run 'nibble COMMAND --help' for the options of a command.\n"
     "Exit status: 0 success, 1 error, 2 usage error, 130 interrupted.\n";
@@ -219,6 +221,8 @@ int main(int argc, char **argv)
         return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity"))
+        return cmd_perplexity(argc - 1, argv + 1);
     fprintf(stderr, "nibble: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }
