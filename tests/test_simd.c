@@ -531,6 +531,7 @@ static void test_vec_dot_tile(void **state)
         if (!is_float_type(t) && blck == 32) { /* more blocks than any table holds */
             check_tile(t, 32 * 4500, 1, 1, 0, 0, 0);
             check_tile(t, 32 * 4500, 3, 2, 1, 3, 0);
+            check_tile(t, 32 * 4500, 9, 1, 0, 0, 0); /* generation's full groups */
         }
     }
     if (!tested)

@@ -188,8 +188,107 @@ static ALWAYS_INLINE void acc8_store(const __m256 *acc, int cc, float *s, size_t
         nbx_store_partial(s + (size_t)c * s_stride, acc[c], nr);
 }
 
+/*
+ * Generation (one activation row) with a full group of eight rows, the
+ * case that streams the weights, gets kernels of its own (gen8_*): the
+ * general group kernel spends about as much on bookkeeping as on the
+ * block (row pointers and accumulators in memory, the loop over
+ * activation rows), and generation is where decoding must keep up with
+ * memory.  Here the rows are addressed from three pointers and the
+ * stride, the accumulator stays in a register, and the eight scales come
+ * from one gather: the 32-bit word at each row's block holds its scale in
+ * the low half, which a byte shuffle collects.  Same products and the
+ * same float steps as group_q4_0: the same bits.
+ */
+typedef struct rows8 {
+    const uint8_t *p, *q, *t; /* rows 0, 3 and 5 at the current block */
+    size_t ws;                /* row stride */
+    __m256i idx;              /* row i's offset, i * ws, for the gather */
+} rows8;
+
+static ALWAYS_INLINE rows8 rows8_at(const uint8_t *w0, size_t ws, int b0)
+{
+    rows8 r;
+    const int is = (int)ws;
+    r.p = w0 + (size_t)b0 * BLK_W;
+    r.q = r.p + 3 * ws;
+    r.t = r.p + 5 * ws;
+    r.ws = ws;
+    r.idx = _mm256_setr_epi32(0, is, 2 * is, 3 * is, 4 * is, 5 * is, 6 * is, 7 * is);
+    return r;
+}
+
+static ALWAYS_INLINE void rows8_next(rows8 *r)
+{
+    r->p += BLK_W;
+    r->q += BLK_W;
+    r->t += BLK_W;
+}
+
+/* As load8, for the current block of r. */
+static ALWAYS_INLINE void load8_rows(const rows8 *r, __m256i P[4], __m256 *dx)
+{
+    const size_t ws = r->ws;
+#define LD(x) _mm_loadu_si128((const __m128i *)((x) + 2))
+#define PAIR(x, z) _mm256_inserti128_si256(_mm256_castsi128_si256(LD(x)), LD(z), 1)
+    const __m256i r04 = PAIR(r->p, r->q + ws), r15 = PAIR(r->p + ws, r->t);
+    const __m256i r26 = PAIR(r->p + 2 * ws, r->t + ws), r37 = PAIR(r->q, r->t + 2 * ws);
+#undef PAIR
+#undef LD
+    const __m256i a = _mm256_unpacklo_epi32(r04, r15), b = _mm256_unpackhi_epi32(r04, r15);
+    const __m256i c = _mm256_unpacklo_epi32(r26, r37), d = _mm256_unpackhi_epi32(r26, r37);
+    P[0] = _mm256_unpacklo_epi64(a, c);
+    P[1] = _mm256_unpackhi_epi64(a, c);
+    P[2] = _mm256_unpacklo_epi64(b, d);
+    P[3] = _mm256_unpackhi_epi64(b, d);
+    const __m256i v = _mm256_i32gather_epi32((const int *)r->p, r->idx, 1);
+    /* the low 16 bits of each word to the low 8 bytes of each half */
+    const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i h = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, pick), 0x08);
+    *dx = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+}
+
+/* Whether group kernels may take the gen8 path: one activation row, eight
+ * real rows, and row offsets that fit the gather's int32 indices. */
+static ALWAYS_INLINE int gen8_ok(int nr, int cc, size_t ahead)
+{
+    return cc == 1 && nr == 8 && ahead / 8 <= (size_t)INT32_MAX / 8;
+}
+
+static ALWAYS_INLINE void gen8_q4_0(const uint8_t *w0, size_t ws, int b0, int bb,
+                                    const uint8_t *col, const act *meta, float *s, int resume)
+{
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc = resume ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
+    rows8 r = rows8_at(w0, ws, b0);
+    const uint8_t *y = col + (size_t)b0 * BLK_A + 2;
+    for (int b = 0; b < bb; b++, y += BLK_A) {
+        __m256i P[4];
+        __m256 dx;
+        prefetch_next(w0, 8 * ws, b0 + b);
+        load8_rows(&r, P, &dx);
+        rows8_next(&r);
+        /* int16 lanes 2i and 2i+1 collect row i's products */
+        __m256i p[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            p[k] = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(P[k], lo4), bcast32(y + 4 * k)),
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(P[k], 4), lo4), bcast32(y + 16 + 4 * k)));
+        const __m256i t = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
+        const __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(t, ones), _mm256_set1_epi32(meta[b].corr));
+        acc = step8(isum, dx, meta[b].d, acc);
+    }
+    _mm256_storeu_ps(s, acc);
+}
+
 static void group_q4_0(GROUP_ARGS)
 {
+    if (gen8_ok(nr, cc, ahead)) {
+        gen8_q4_0(rp[0], ahead / 8, b0, bb, col[0], meta, s, resume);
+        return;
+    }
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[COLS];
     acc8_load(acc, cc, s, s_stride, nr, resume);
@@ -293,8 +392,42 @@ static VNNI_TARGET ALWAYS_INLINE void group_vnni8(GROUP_ARGS, int iq4nl)
     acc8_store(acc, cc, s, s_stride, nr);
 }
 
+/* gen8_q4_0 with vpdpbusd, which can take the high nibbles unshifted:
+ * masked in place they are 16 times the code (0..240), and their sum,
+ * kept apart, is a multiple of 16 that an arithmetic shift divides
+ * exactly. */
+static VNNI_TARGET ALWAYS_INLINE void gen8_q4_0_vnni(const uint8_t *w0, size_t ws, int b0,
+                                                     int bb, const uint8_t *col,
+                                                     const act *meta, float *s, int resume)
+{
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), hi4 = _mm256_set1_epi8((char)0xf0);
+    __m256 acc = resume ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
+    rows8 r = rows8_at(w0, ws, b0);
+    const uint8_t *y = col + (size_t)b0 * BLK_A + 2;
+    for (int b = 0; b < bb; b++, y += BLK_A) {
+        __m256i P[4];
+        __m256 dx;
+        prefetch_next(w0, 8 * ws, b0 + b);
+        load8_rows(&r, P, &dx);
+        rows8_next(&r);
+        __m256i e = _mm256_set1_epi32(meta[b].corr), o = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            e = _mm256_dpbusd_avx_epi32(e, _mm256_and_si256(P[k], lo4), bcast32(y + 4 * k));
+            o = _mm256_dpbusd_avx_epi32(o, _mm256_and_si256(P[k], hi4), bcast32(y + 16 + 4 * k));
+        }
+        const __m256i isum = _mm256_add_epi32(e, _mm256_srai_epi32(o, 4));
+        acc = step8(isum, dx, meta[b].d, acc);
+    }
+    _mm256_storeu_ps(s, acc);
+}
+
 static VNNI_TARGET void group_q4_0_vnni(GROUP_ARGS)
 {
+    if (gen8_ok(nr, cc, ahead)) {
+        gen8_q4_0_vnni(rp[0], ahead / 8, b0, bb, col[0], meta, s, resume);
+        return;
+    }
     group_vnni8(rp, nr, ahead, b0, bb, col, cc, meta, s, s_stride, resume, 0);
 }
 
