@@ -35,7 +35,8 @@ static const char usage[] =
     "\n"
     "  -m, --model FILE     model for a daemon nib starts ($NIBBLE_MODEL, config)\n"
     "  -s, --system TEXT    system prompt\n"
-    "  -t, --template NAME  chatml, llama2, llama3, alpaca, vicuna, zephyr or raw\n"
+    "  -t, --template NAME  chatml, llama2, llama3, deepseek, deepseek2, deepseek3,\n"
+    "                       alpaca, vicuna, zephyr or raw\n"
     "                       (default: recognised from the model)\n"
     "  -o KEY=VALUE         sampling: temperature, top_k, top_p, min_p,\n"
     "                       repeat_penalty, repeat_last_n, frequency_penalty,\n"
@@ -680,8 +681,10 @@ static int nib_main(int argc, char **argv, nib_opts *o)
         }
     }
     if (o->tmpl) {
-        static const char *const known[] = {"chatml", "llama2", "llama3", "alpaca",
-                                            "vicuna", "zephyr", "raw", NULL};
+        static const char *const known[] = {"chatml",    "llama2",    "llama3",
+                                            "deepseek",  "deepseek2", "deepseek3",
+                                            "alpaca",    "vicuna",    "zephyr",
+                                            "raw",       NULL};
         int ok = 0;
         for (int i = 0; known[i]; i++)
             ok |= !strcmp(known[i], o->tmpl);

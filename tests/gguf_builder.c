@@ -667,17 +667,21 @@ gb_llama_params gb_llama_default_params(void)
 
 int gb_llama_add_hparams(gguf_builder *b, const gb_llama_params *p)
 {
-    gb_kv_str(b, "general.architecture", "llama");
+    const char *a = p->arch ? p->arch : "llama";
+    char key[128];
+#define K(suffix) (snprintf(key, sizeof key, "%s." suffix, a), key)
+    gb_kv_str(b, "general.architecture", a);
     gb_kv_str(b, "general.name", "nibble-test-tiny");
-    gb_kv_u32(b, "llama.context_length", (uint32_t)p->n_ctx);
-    gb_kv_u32(b, "llama.embedding_length", (uint32_t)p->dim);
-    gb_kv_u32(b, "llama.block_count", (uint32_t)p->n_layer);
-    gb_kv_u32(b, "llama.feed_forward_length", (uint32_t)p->n_ff);
-    gb_kv_u32(b, "llama.attention.head_count", (uint32_t)p->n_head);
-    gb_kv_u32(b, "llama.attention.head_count_kv", (uint32_t)p->n_head_kv);
-    gb_kv_f32(b, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gb_kv_f32(b, "llama.rope.freq_base", 10000.0f);
-    gb_kv_u32(b, "llama.rope.dimension_count", (uint32_t)(p->dim / p->n_head));
+    gb_kv_u32(b, K("context_length"), (uint32_t)p->n_ctx);
+    gb_kv_u32(b, K("embedding_length"), (uint32_t)p->dim);
+    gb_kv_u32(b, K("block_count"), (uint32_t)p->n_layer);
+    gb_kv_u32(b, K("feed_forward_length"), (uint32_t)p->n_ff);
+    gb_kv_u32(b, K("attention.head_count"), (uint32_t)p->n_head);
+    gb_kv_u32(b, K("attention.head_count_kv"), (uint32_t)p->n_head_kv);
+    gb_kv_f32(b, K("attention.layer_norm_rms_epsilon"), 1e-5f);
+    gb_kv_f32(b, K("rope.freq_base"), 10000.0f);
+    gb_kv_u32(b, K("rope.dimension_count"), (uint32_t)(p->dim / p->n_head));
+#undef K
     return b->oom ? -1 : 0;
 }
 
@@ -758,6 +762,18 @@ int gb_llama_add_tensors(gguf_builder *b, const gb_llama_params *p)
         T("ffn_up", dim, ff, w);
         T("ffn_down", ff, dim, w);
 #undef T
+        if (p->attn_bias) {
+            snprintf(name, sizeof name, "blk.%d.attn_q.bias", l);
+            add2(b, name, GB_F32, dim, 0);
+            snprintf(name, sizeof name, "blk.%d.attn_k.bias", l);
+            add2(b, name, GB_F32, kv_dim, 0);
+            snprintf(name, sizeof name, "blk.%d.attn_v.bias", l);
+            add2(b, name, GB_F32, kv_dim, 0);
+        }
+        if (p->attn_bias > 1) {
+            snprintf(name, sizeof name, "blk.%d.attn_output.bias", l);
+            add2(b, name, GB_F32, dim, 0);
+        }
     }
     return b->oom ? -1 : 0;
 }

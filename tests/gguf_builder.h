@@ -174,6 +174,8 @@ uint64_t gb_tensor_bytes(uint32_t type, uint32_t n_dims, const uint64_t *dims);
 typedef struct gb_llama_params {
     int dim, n_layer, n_head, n_head_kv, n_ff, n_ctx;
     uint32_t wtype;       /* type of the 2-D weights; norms are always F32 */
+    const char *arch;     /* general.architecture and the key prefix; NULL = "llama" */
+    int attn_bias;        /* 1: F32 attn_q/k/v.bias; 2: attn_output.bias too */
 } gb_llama_params;
 
 /* dim 32, 2 layers, 4 heads, 2 KV heads, FFN 64, context 128, F32. */

@@ -341,6 +341,20 @@ static void test_tokenize_and_info(void **state)
     assert_int_equal(RUN(&out, &err, "info", v), 0);
     assert_non_null(strstr(out, "pre-tokenizer deepseek-coder), BOS 32013 (added)"));
     assert_non_null(strstr(out, "runnable:      yes"));
+    /* DeepSeek-Coder's FIM tokens, found by their spelling */
+    assert_non_null(strstr(out, "infill:        prefix <\xef\xbd\x9c" "fim\xe2\x96\x81"
+                                "begin\xef\xbd\x9c> (32016)"));
+    assert_non_null(strstr(out, "rope:          32 dimensions, base 500000\n"));
+    free(out), free(err);
+    free(v);
+    v = model("qwen2-random-q8_0.gguf");
+    assert_int_equal(RUN(&out, &err, "info", v), 0);
+    assert_non_null(strstr(out, "architecture:  qwen2"));
+    assert_non_null(strstr(out, "NEOX layout"));
+    assert_non_null(strstr(out, "attention:     biases on the projections"));
+    assert_non_null(strstr(out, "infill:        no fill-in-the-middle tokens"));
+    assert_non_null(strstr(out, "chat template: none"));
+    assert_non_null(strstr(out, "runnable:      yes"));
     free(out), free(err);
     free(v);
     char *m = model("stories260K-wide-q4_k_m.gguf");

@@ -176,6 +176,59 @@ static void test_agreement(void **state)
     }
 }
 
+/* A model with FIM tokens (DeepSeek-Coder's, on the llama architecture
+ * with a byte-level BPE vocabulary): the daemon's infill is the prompt
+ * nb_infill_tokens builds, continued as nibble eval continues it. */
+static void test_infill_fim(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *m = model("llama-bpe-random-f16.gguf");
+    const char *prefix = "def add(a, b):\n    ", *suffix = "\n    return c\n";
+    nb_model_params mp = nb_model_default_params();
+    mp.vocab_only = 1;
+    nb_model *vm;
+    assert_int_equal(nb_model_open(m, &mp, &vm, NULL, 0), NB_OK);
+    assert_true(nb_model_has_fim(vm));
+    nb_token *ids;
+    int64_t n;
+    assert_int_equal(nb_infill_tokens(vm, prefix, suffix, NULL, 0, &ids, &n, NULL, 0), NB_OK);
+    nb_model_close(vm);
+    char list[4096];
+    size_t len = 0;
+    for (int64_t i = 0; i < n; i++)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%d", i ? "," : "", (int)ids[i]);
+    free(ids);
+    char *argv[] = {(char *)nbt_bin("nibble"), "eval", "-m", m, "--tokens", list,
+                    "--greedy", "16", "--json", NULL};
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", argv[0]);
+    argv[0] = bin;
+    char *out, *err;
+    assert_int_equal(nbt_run(argv, &out, &err, 60), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_non_null(j);
+    char *want = strdup(str(j, "text"));
+    json_decref(j);
+    free(out), free(err);
+
+    daemon_t d;
+    start(&d, m, NULL);
+    nb_client *c = connect_to(d.sock);
+    send_json(c, "{\"op\":\"infill\",\"id\":1,\"prefix\":\"def add(a, b):\\n    \","
+                 "\"suffix\":\"\\n    return c\\n\",\"n_predict\":16,\"temperature\":0}");
+    char *got;
+    json_t *fin = finish(c, &got);
+    json_t *inf = json_object_get(fin, "infill");
+    assert_true(json_is_true(json_object_get(inf, "fim")));
+    assert_string_equal(got, want);
+    json_decref(fin);
+    free(got), free(want);
+    nb_client_close(c);
+    assert_int_equal(stop(&d), 0);
+    free(m);
+}
+
 /* ------------------------------------------------------------------ concurrency */
 
 static void test_concurrency(void **state)
@@ -701,6 +754,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_agreement),
+        cmocka_unit_test(test_infill_fim),
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_prefix_reuse),
         cmocka_unit_test(test_cancel),

@@ -2,7 +2,9 @@
  * test_forward.c - the forward pass against an independent oracle, and the
  * evaluation context's contract.
  *
- * The oracle below is a plain LLaMA forward pass written for clarity, in
+ * The oracle below is a plain LLaMA forward pass (with Qwen2's biases and
+ * NEOX rotation, Llama 3's rotary factors and a sliding window when the
+ * file asks for them) written for clarity, in
  * double precision over dequantized weights, recomputing everything for
  * each position.  It shares nothing with core/src/forward.c except the
  * dequantizers (tested on their own in test_kernels).  Like llama.cpp, it
@@ -20,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "gguf_builder.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------------ oracle */
@@ -29,6 +33,10 @@ typedef struct oracle {
     const nb_model *m;
     nb_model_info in;
     const nb_gguf *g;
+    int neox;          /* rotate halves instead of adjacent pairs */
+    int window;        /* sliding attention window, 0 = none */
+    double pos_scale;  /* linear rope scaling: positions times this */
+    double *freq_div;  /* (n_rot / 2) divisors of the rotary angles, or NULL */
 } oracle;
 
 /* Dequantized copies of the tensors used so far (the oracle is slow enough
@@ -135,13 +143,90 @@ static void rope(const oracle *o, double *v, int n_heads, int pos)
     int hd = o->in.head_dim, nr = o->in.n_rot;
     for (int h = 0; h < n_heads; h++)
         for (int i = 0; i < nr; i += 2) {
-            double theta = pos * pow(o->in.rope_freq_base, -(double)i / nr);
+            double theta = pos * o->pos_scale * pow(o->in.rope_freq_base, -(double)i / nr);
+            if (o->freq_div)
+                theta /= o->freq_div[i / 2];
             double c = cos(theta), s = sin(theta);
-            double *x = v + (size_t)h * hd + i;
-            double x0 = x[0], x1 = x[1];
-            x[0] = x0 * c - x1 * s;
-            x[1] = x0 * s + x1 * c;
+            /* NEOX pairs element k with k + nr/2; LLaMA with k + 1 */
+            double *x0p = v + (size_t)h * hd + (o->neox ? i / 2 : i);
+            double *x1p = o->neox ? x0p + nr / 2 : x0p + 1;
+            double x0 = *x0p, x1 = *x1p;
+            *x0p = x0 * c - x1 * s;
+            *x1p = x0 * s + x1 * c;
         }
+}
+
+/* y += the bias tensor fmt (for layer l), when the file has one. */
+static void add_bias(const oracle *o, const char *fmt, int l, double *y)
+{
+    char name[96];
+    snprintf(name, sizeof name, fmt, l);
+    const nbi_tensor *b = nbi_gguf_tensor(o->g, name);
+    if (!b)
+        return;
+    const double *w = weights(b);
+    for (int64_t i = 0; i < b->ne[0]; i++)
+        y[i] += w[i];
+}
+
+/* What the oracle reads from the file itself, without the engine's help. */
+static void oracle_setup(oracle *o)
+{
+    const char *a = o->in.arch;
+    char key[128];
+    uint32_t u;
+    float f;
+    int found;
+    o->neox = !strcmp(a, "qwen2");
+    snprintf(key, sizeof key, "%s.attention.sliding_window", a);
+    o->window = nbi_gguf_get_u32(o->g, key, &u, &found, NULL, 0) == NB_OK && found ? (int)u : 0;
+    o->pos_scale = 1.0;
+    o->freq_div = NULL;
+    const char *type = "none";
+    size_t tlen = 4;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (nbi_gguf_get_str(o->g, key, &type, &tlen, &found, NULL, 0) || !found)
+        type = "none", tlen = 4;
+    double factor = 0;
+    snprintf(key, sizeof key, "%s.rope.scaling.factor", a);
+    if (nbi_gguf_get_f32(o->g, key, &f, &found, NULL, 0) == NB_OK && found)
+        factor = f;
+    if (tlen == 6 && !memcmp(type, "linear", 6) && factor > 0)
+        o->pos_scale = 1.0 / factor;
+    int half = o->in.n_rot / 2;
+    const nbi_tensor *rf = nbi_gguf_tensor(o->g, "rope_freqs.weight");
+    if (rf) {
+        o->freq_div = malloc((size_t)half * sizeof *o->freq_div);
+        weight_row(rf, 0, o->freq_div);
+    } else if (tlen == 6 && !memcmp(type, "llama3", 6)) {
+        /* Llama 3.1: slow the long wavelengths by the factor, keep the
+         * short ones, interpolate between */
+        double lo = 1, hi = 4, orig = 8192;
+        snprintf(key, sizeof key, "%s.rope.scaling.low_freq_factor", a);
+        if (nbi_gguf_get_f32(o->g, key, &f, &found, NULL, 0) == NB_OK && found)
+            lo = f;
+        snprintf(key, sizeof key, "%s.rope.scaling.high_freq_factor", a);
+        if (nbi_gguf_get_f32(o->g, key, &f, &found, NULL, 0) == NB_OK && found)
+            hi = f;
+        snprintf(key, sizeof key, "%s.rope.scaling.original_context_length", a);
+        if (nbi_gguf_get_u32(o->g, key, &u, &found, NULL, 0) == NB_OK && found)
+            orig = u;
+        if (!(factor > 0))
+            factor = 8;
+        o->freq_div = malloc((size_t)half * sizeof *o->freq_div);
+        for (int i = 0; i < half; i++) {
+            double wavelen = 2 * M_PI * pow(o->in.rope_freq_base, 2.0 * i / o->in.n_rot);
+            double ratio = orig / wavelen; /* how many waves fit the original context */
+            if (ratio > hi)
+                o->freq_div[i] = 1;
+            else if (ratio < lo)
+                o->freq_div[i] = factor;
+            else {
+                double t = (ratio - lo) / (hi - lo);
+                o->freq_div[i] = 1 / ((1 - t) / factor + t);
+            }
+        }
+    }
 }
 
 /* Logits (n_tokens x n_vocab) for every position. */
@@ -165,6 +250,9 @@ static double *oracle_run(const oracle *o, const nb_token *toks, int n)
             matvec(T(o, "blk.%d.attn_q.weight", l), xn, q + t * QD);
             matvec(T(o, "blk.%d.attn_k.weight", l), xn, k + t * KD);
             matvec(T(o, "blk.%d.attn_v.weight", l), xn, v + t * KD);
+            add_bias(o, "blk.%d.attn_q.bias", l, q + t * QD);
+            add_bias(o, "blk.%d.attn_k.bias", l, k + t * KD);
+            add_bias(o, "blk.%d.attn_v.bias", l, v + t * KD);
             rope(o, q + t * QD, H, t);
             rope(o, k + t * KD, KH, t);
             /* the cache holds keys and values in F16, and queries meet
@@ -180,14 +268,18 @@ static double *oracle_run(const oracle *o, const nb_token *toks, int n)
             for (int h = 0; h < H; h++) {
                 int kh = h / (H / KH);
                 double mx = -INFINITY, sum = 0;
-                for (int j = 0; j <= t; j++) {
+                /* a sliding window sees the last `window` positions */
+                int j0 = o->window && t >= o->window ? t - o->window + 1 : 0;
+                for (int j = 0; j < j0; j++)
+                    p[j] = 0;
+                for (int j = j0; j <= t; j++) {
                     double s = 0;
                     for (int d = 0; d < hd; d++)
                         s += q[t * QD + (size_t)h * hd + d] * k[j * KD + (size_t)kh * hd + d];
                     p[j] = s / sqrt((double)hd);
                     mx = p[j] > mx ? p[j] : mx;
                 }
-                for (int j = 0; j <= t; j++)
+                for (int j = j0; j <= t; j++)
                     sum += p[j] = exp(p[j] - mx);
                 for (int d = 0; d < hd; d++) {
                     double a = 0;
@@ -197,6 +289,7 @@ static double *oracle_run(const oracle *o, const nb_token *toks, int n)
                 }
             }
             matvec(T(o, "blk.%d.attn_output.weight", l), att, tmp);
+            add_bias(o, "blk.%d.attn_output.bias", l, tmp);
             for (int i = 0; i < E; i++)
                 x[(size_t)t * E + i] += tmp[i];
             rmsnorm(o, x + (size_t)t * E, T(o, "blk.%d.ffn_norm.weight", l), xn);
@@ -266,16 +359,124 @@ static const char *const prompts[] = {
  * more for their rounded activations and the F16 attention accumulator at
  * positions beyond 100. */
 typedef struct fw_case {
-    const char *model;
+    const char *model;                /* "models/..." under the data directory, or a label */
     double tol, mean_tol;
+    gguf_builder *(*build)(void);     /* a synthetic model instead of a file */
 } fw_case;
+
+/* ------------------------------------------------------------------ synthetic models */
+
+/* Scale the F32 data of a tensor: gguf_builder's weights are small, which
+ * leaves attention nearly uniform and blind to errors in positions. */
+static void scale_tensor(gguf_builder *b, const char *name, float k)
+{
+    int i = gb_tensor_find(b, name);
+    assert_true(i >= 0 && b->tensor[i].type == GB_F32);
+    gb_buf *d = &b->tensor[i].data;
+    for (size_t off = 0; off + 4 <= d->len; off += 4) {
+        float f;
+        memcpy(&f, d->data + off, 4);
+        f *= k;
+        memcpy(d->data + off, &f, 4);
+    }
+}
+
+static gguf_builder *synth(const char *arch, int bias)
+{
+    gb_llama_params p = gb_llama_default_params();
+    p.arch = arch;
+    p.attn_bias = bias;
+    gguf_builder *b = gb_llama_new(&p);
+    assert_non_null(b);
+    char name[64];
+    for (int l = 0; l < p.n_layer; l++) {
+        static const char *const sharp[] = {"attn_q.weight", "attn_k.weight", "attn_q.bias",
+                                            "attn_k.bias", "attn_v.bias", "attn_output.bias"};
+        for (int i = 0; i < 6; i++) {
+            snprintf(name, sizeof name, "blk.%d.%s", l, sharp[i]);
+            if (gb_tensor_find(b, name) >= 0)
+                scale_tensor(b, name, i < 2 ? 10.0f : 5.0f);
+        }
+    }
+    return b;
+}
+
+/* Qwen2: q/k/v biases, NEOX rotation, output tied to the embedding. */
+static gguf_builder *synth_qwen2(void)
+{
+    gguf_builder *b = synth("qwen2", 1);
+    gb_tensor_remove(b, "output.weight");
+    return b;
+}
+
+/* Llama with all four attention biases, Llama 3.1 rotary scaling named by
+ * its keys (no rope_freqs tensor), a base and original context small
+ * enough that the factors fall on every branch, and a sliding window of
+ * 8 over the prompts' 20 to 200 tokens. */
+static gguf_builder *synth_llama3_swa(void)
+{
+    gguf_builder *b = synth("llama", 2);
+    gb_kv_remove(b, "llama.rope.freq_base");
+    gb_kv_f32(b, "llama.rope.freq_base", 100.0f);
+    gb_kv_str(b, "llama.rope.scaling.type", "llama3");
+    gb_kv_f32(b, "llama.rope.scaling.factor", 8.0f);
+    gb_kv_u32(b, "llama.rope.scaling.original_context_length", 256);
+    gb_kv_f32(b, "llama.rope.scaling.low_freq_factor", 2.0f);
+    gb_kv_f32(b, "llama.rope.scaling.high_freq_factor", 16.0f);
+    gb_kv_u32(b, "llama.attention.sliding_window", 8);
+    return b;
+}
+
+/* llama.cpp's form of Llama 3 scaling, a rope_freqs tensor, together with
+ * linear scaling. */
+static gguf_builder *synth_rope_freqs_linear(void)
+{
+    gguf_builder *b = synth("llama", 0);
+    static const float freqs[4] = {1.0f, 2.0f, 4.0f, 8.0f}; /* head size 8: 4 pairs */
+    uint64_t n = 4;
+    gb_tensor_add(b, "rope_freqs.weight", 1, &n, GB_F32, freqs, sizeof freqs);
+    gb_kv_str(b, "llama.rope.scaling.type", "linear");
+    gb_kv_f32(b, "llama.rope.scaling.factor", 2.0f);
+    return b;
+}
+
+/* Open a case's model; a synthetic one is written to *tmp (freed and
+ * unlinked by close_case). */
+static nb_model *open_case(const fw_case *c, char **tmp)
+{
+    *tmp = NULL;
+    if (!c->build)
+        return open_model(c->model);
+    gguf_builder *b = c->build();
+    size_t len;
+    uint8_t *img = gb_build(b, &len);
+    assert_non_null(img);
+    *tmp = nbt_write_temp(img, len, ".gguf");
+    free(img);
+    gb_free(b);
+    nb_model *m = NULL;
+    char err[256];
+    if (nb_model_open(*tmp, NULL, &m, err, sizeof err))
+        fail_msg("%s: %s", c->model, err);
+    return m;
+}
+
+static void close_case(nb_model *m, char *tmp)
+{
+    nb_model_close(m);
+    if (tmp)
+        unlink(tmp);
+    free(tmp);
+}
 
 static void check_model(const fw_case *c)
 {
     cache_clear(); /* a failed earlier case may have left entries */
-    nb_model *m = open_model(c->model);
-    oracle o = {m, {0}, nb_model_gguf(m)};
+    char *tmp;
+    nb_model *m = open_case(c, &tmp);
+    oracle o = {m, {0}, nb_model_gguf(m), 0, 0, 1.0, NULL};
     nb_model_get_info(m, &o.in);
+    oracle_setup(&o);
     nb_ctx_params cp = nb_ctx_default_params();
     cp.n_ctx = 512;
     double worst = 0, sumd = 0;
@@ -319,31 +520,30 @@ static void check_model(const fw_case *c)
         nb_ctx_free(ctx);
     }
     printf("    %-36s |engine - oracle| mean %.4f (bound %.3f), max %.4f (bound %.2f)\n",
-           c->model + 7, sumd / (double)cnt, c->mean_tol, worst, c->tol);
+           c->build ? c->model : c->model + 7, sumd / (double)cnt, c->mean_tol, worst, c->tol);
     assert_true(sumd / (double)cnt <= c->mean_tol);
     cache_clear();
-    nb_model_close(m);
+    free(o.freq_div);
+    close_case(m, tmp);
 }
 
 static void test_oracle(void **state)
 {
     const fw_case *c = *state;
-    NBT_REQUIRE_DATA();
+    if (!c->build)
+        NBT_REQUIRE_DATA();
     check_model(c);
 }
 
 /* ------------------------------------------------------------------ contract */
 
-static void test_batch_invariance(void **state)
+static void batch_invariance(nb_model *m)
 {
-    (void)state;
-    NBT_REQUIRE_DATA();
-    nb_model *m = open_model("models/stories260K-wide-q4_k_m.gguf");
     int n;
     nb_token *toks = tokens_of(m, prompts[0], &n);
     int V = nb_model_n_vocab(m);
     nb_ctx_params cp = nb_ctx_default_params();
-    cp.n_ctx = 256;
+    cp.n_ctx = 512;
     nb_ctx *all, *one, *split;
     cp.n_batch = 512;
     assert_int_equal(nb_ctx_new(m, &cp, &all, NULL, 0), NB_OK);
@@ -375,7 +575,25 @@ static void test_batch_invariance(void **state)
     nb_ctx_free(one);
     nb_ctx_free(split);
     free(toks);
-    nb_model_close(m);
+}
+
+/* Over llama, qwen2 (biases, NEOX) and a sliding window that the 7-token
+ * passes cross. */
+static void test_batch_invariance(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    static const fw_case models[] = {
+        {"models/stories260K-wide-q4_k_m.gguf", 0, 0, NULL},
+        {"models/qwen2-random-q8_0.gguf", 0, 0, NULL},
+        {"synthetic llama3 rope, window 8, biases", 0, 0, synth_llama3_swa},
+    };
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        char *tmp;
+        nb_model *m = open_case(&models[i], &tmp);
+        batch_invariance(m);
+        close_case(m, tmp);
+    }
 }
 
 /* Any thread count computes the same bits (rows are split, never shared). */
@@ -384,8 +602,8 @@ static void test_thread_invariance(void **state)
     (void)state;
     NBT_REQUIRE_DATA();
     const char *models[] = {"models/stories260K-wide-q4_0.gguf", "models/stories260K-wide-q6_k.gguf",
-                            "models/stories260K-wide-f16.gguf"};
-    for (int mi = 0; mi < 3; mi++) {
+                            "models/stories260K-wide-f16.gguf", "models/qwen2-random-q8_0.gguf"};
+    for (int mi = 0; mi < 4; mi++) {
         nb_model *m = open_model(models[mi]);
         int n;
         nb_token *toks = tokens_of(m, prompts[0], &n);
@@ -589,29 +807,34 @@ static void test_decode_errors(void **state)
 int main(void)
 {
     static const fw_case cases[] = {
-        {"models/stories260K.gguf", 0.05, 0.005},
-        {"models/llama-2-tiny-random.gguf", 0.05, 0.005},
-        {"models/stories260K-wide-f32.gguf", 0.05, 0.005},
-        {"models/stories260K-wide-f16.gguf", 0.08, 0.01},
-        {"models/stories260K-wide-bf16.gguf", 0.25, 0.03},
-        {"models/stories260K-wide-q8_0.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q4_0.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q4_1.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q5_0.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q5_1.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-iq4_nl.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q2_k.gguf", 1.6, 0.2},
-        {"models/stories260K-wide-q3_k.gguf", 1.6, 0.2},
-        {"models/stories260K-wide-q4_k.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q5_k.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q6_k.gguf", 1.0, 0.12},
-        {"models/stories260K-wide-q4_k_m.gguf", 1.0, 0.12},
+        {"models/stories260K.gguf", 0.05, 0.005, NULL},
+        {"models/llama-2-tiny-random.gguf", 0.05, 0.005, NULL},
+        {"models/stories260K-wide-f32.gguf", 0.05, 0.005, NULL},
+        {"models/stories260K-wide-f16.gguf", 0.08, 0.01, NULL},
+        {"models/stories260K-wide-bf16.gguf", 0.25, 0.03, NULL},
+        {"models/stories260K-wide-q8_0.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q4_0.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q4_1.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q5_0.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q5_1.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-iq4_nl.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q2_k.gguf", 1.6, 0.2, NULL},
+        {"models/stories260K-wide-q3_k.gguf", 1.6, 0.2, NULL},
+        {"models/stories260K-wide-q4_k.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q5_k.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q6_k.gguf", 1.0, 0.12, NULL},
+        {"models/stories260K-wide-q4_k_m.gguf", 1.0, 0.12, NULL},
+        {"models/qwen2-random-f16.gguf", 0.08, 0.01, NULL},
+        {"models/qwen2-random-q8_0.gguf", 1.0, 0.12, NULL},
+        {"synthetic qwen2 (tied output)", 0.05, 0.005, synth_qwen2},
+        {"synthetic llama3 rope, window 8, biases", 0.05, 0.005, synth_llama3_swa},
+        {"synthetic rope_freqs and linear", 0.05, 0.005, synth_rope_freqs_linear},
     };
     enum { NC = sizeof cases / sizeof cases[0] };
     struct CMUnitTest tests[NC + 5];
     for (int i = 0; i < NC; i++) {
         tests[i] = (struct CMUnitTest)cmocka_unit_test(test_oracle);
-        tests[i].name = cases[i].model + 7;
+        tests[i].name = cases[i].build ? cases[i].model : cases[i].model + 7;
         tests[i].initial_state = (void *)&cases[i];
     }
     tests[NC] = (struct CMUnitTest)cmocka_unit_test(test_batch_invariance);

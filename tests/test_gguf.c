@@ -1251,6 +1251,154 @@ static void test_model_content(void **state)
     end_test();
 }
 
+/* ------------------------------------------------------------------ 9a. architectures */
+
+static gguf_builder *qwen2(void)
+{
+    gb_llama_params p = gb_llama_default_params();
+    p.arch = "qwen2";
+    p.attn_bias = 1;
+    return llama(&p);
+}
+
+/* Build, open, and expect refusal with the given status and words. */
+static void refused_b(const char *label, gguf_builder *b, nb_status want, const char *words)
+{
+    size_t len;
+    uint8_t *img = build(b, &len);
+    res r = expect_bad_model(label, img, len, 0, words, 0);
+    CHECK(r.st == want, "%s: status %d, want %d (%s)", label, (int)r.st, (int)want, r.msg);
+    free(img);
+    gb_free(b);
+}
+
+static void accepted_b(const char *label, gguf_builder *b)
+{
+    size_t len;
+    uint8_t *img = build(b, &len);
+    res r = try_model(label, img, len, 0, NULL);
+    CHECK(r.st == NB_OK, "%s: refused: %s", label, r.msg);
+    free(img);
+    gb_free(b);
+}
+
+static void test_architectures(void **state)
+{
+    (void)state;
+    accepted_b("qwen2 with q/k/v biases", qwen2());
+    {
+        gb_llama_params p = gb_llama_default_params();
+        p.attn_bias = 2;
+        accepted_b("llama with q/k/v/output biases", llama(&p));
+    }
+
+    /* The biases qwen2 needs: missing, misshapen, of a type nibble lacks. */
+    gguf_builder *b = qwen2();
+    gb_tensor_remove(b, "blk.1.attn_k.bias");
+    refused_b("qwen2 without blk.1.attn_k.bias", b, NB_ERR_FORMAT, "blk.1.attn_k.bias");
+    b = qwen2();
+    {
+        uint64_t d[2] = {16, 0};
+        retensor(b, "blk.0.attn_q.bias", 1, d, GB_F32, GB_AUTO);
+    }
+    refused_b("qwen2 attn_q.bias [16]", b, NB_ERR_FORMAT, "blk.0.attn_q.bias");
+    b = qwen2();
+    {
+        uint64_t d[2] = {8, 2};
+        retensor(b, "blk.1.attn_v.bias", 2, d, GB_F32, GB_AUTO);
+    }
+    refused_b("qwen2 attn_v.bias [8, 2]", b, NB_ERR_FORMAT, "blk.1.attn_v.bias");
+    b = qwen2();
+    {
+        uint64_t d[2] = {16, 0};
+        retensor(b, "blk.0.attn_k.bias", 1, d, 26 /* I32 */, GB_AUTO);
+    }
+    refused_b("qwen2 attn_k.bias I32", b, NB_ERR_UNSUPPORTED, "I32");
+    /* a tensor qwen2 does not have would be silently ignored */
+    b = qwen2();
+    {
+        uint64_t d = 32;
+        gb_tensor_add(b, "blk.0.attn_output.bias", 1, &d, GB_F32, NULL, GB_AUTO);
+    }
+    refused_b("qwen2 with attn_output.bias", b, NB_ERR_UNSUPPORTED, "attn_output.bias");
+    /* the hyperparameters are qwen2's keys, not llama's */
+    b = qwen2();
+    gb_kv_remove(b, "qwen2.block_count");
+    gb_kv_u32(b, "llama.block_count", 2);
+    refused_b("qwen2 with llama.block_count", b, NB_ERR_FORMAT, "qwen2.block_count");
+
+    /* Rotary scaling: unknown types are refused with the list of known ones. */
+    b = llama(NULL);
+    gb_kv_str(b, "llama.rope.scaling.type", "yarn");
+    gb_kv_f32(b, "llama.rope.scaling.factor", 4.0f);
+    refused_b("rope scaling yarn", b, NB_ERR_UNSUPPORTED, "yarn");
+    b = llama(NULL);
+    gb_kv_str(b, "llama.rope.scaling.type", "bogus");
+    {
+        size_t len;
+        uint8_t *img = build(b, &len);
+        res r = expect_bad_model("rope scaling bogus", img, len, 0, "bogus", 0);
+        CHECK(strstr(r.msg, "linear") && strstr(r.msg, "llama3"),
+              "rope scaling bogus: the message does not list what is supported: %s", r.msg);
+        free(img);
+        gb_free(b);
+    }
+    b = llama(NULL);
+    gb_kv_u32(b, "llama.rope.scaling.type", 1);
+    refused_b("rope.scaling.type as uint32", b, NB_ERR_FORMAT, "rope.scaling.type");
+    b = llama(NULL);
+    gb_kv_str(b, "llama.rope.scaling.type", "llama3");
+    gb_kv_f32(b, "llama.rope.scaling.low_freq_factor", 4.0f);
+    gb_kv_f32(b, "llama.rope.scaling.high_freq_factor", 4.0f);
+    refused_b("llama3 rope scaling, high = low", b, NB_ERR_FORMAT, "frequency factor");
+    b = llama(NULL);
+    gb_kv_str(b, "llama.rope.scaling.type", "llama3");
+    gb_kv_f32(b, "llama.rope.scaling.low_freq_factor", NAN);
+    refused_b("llama3 low_freq_factor NaN", b, NB_ERR_FORMAT, "low_freq_factor");
+    b = llama(NULL);
+    gb_kv_str(b, "llama.rope.scaling.type", "llama3");
+    accepted_b("llama3 rope scaling with default factors", b);
+    b = llama(NULL);
+    {
+        uint64_t d = 3; /* head size 8: 4 pairs */
+        gb_tensor_add(b, "rope_freqs.weight", 1, &d, GB_F32, NULL, GB_AUTO);
+    }
+    refused_b("rope_freqs.weight [3]", b, NB_ERR_FORMAT, "rope_freqs");
+    b = llama(NULL);
+    gb_kv_str(b, "llama.attention.sliding_window", "4096");
+    refused_b("sliding_window as string", b, NB_ERR_FORMAT, "sliding_window");
+    b = llama(NULL);
+    gb_kv_u32(b, "llama.attention.sliding_window", 4096);
+    accepted_b("sliding_window 4096", b);
+
+    /* What is unsupported is named, and what is supported listed. */
+    b = llama(NULL);
+    gb_kv_remove(b, "general.architecture");
+    gb_kv_str(b, "general.architecture", "phi3");
+    {
+        size_t len;
+        uint8_t *img = build(b, &len);
+        res r = expect_bad_model("architecture phi3", img, len, 0, "phi3", 0);
+        CHECK(r.st == NB_ERR_UNSUPPORTED && strstr(r.msg, "llama") && strstr(r.msg, "qwen2"),
+              "architecture phi3: [%d] %s does not list llama and qwen2", (int)r.st, r.msg);
+        free(img);
+        gb_free(b);
+    }
+    b = llama(NULL);
+    gb_kv_remove(b, "tokenizer.ggml.model");
+    gb_kv_str(b, "tokenizer.ggml.model", "bert");
+    {
+        size_t len;
+        uint8_t *img = build(b, &len);
+        res r = expect_bad_model("tokenizer bert", img, len, 0, "bert", 0);
+        CHECK(r.st == NB_ERR_UNSUPPORTED && strstr(r.msg, "llama") && strstr(r.msg, "gpt2"),
+              "tokenizer bert: [%d] %s does not list llama and gpt2", (int)r.st, r.msg);
+        free(img);
+        gb_free(b);
+    }
+    end_test();
+}
+
 /* ------------------------------------------------------------------ 9b. vocabulary only */
 
 static void test_vocab_only(void **state)
@@ -1660,6 +1808,7 @@ int main(void)
         cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_duplicates),
         cmocka_unit_test(test_model_content),
+        cmocka_unit_test(test_architectures),
         cmocka_unit_test(test_vocab_only),
         cmocka_unit_test(test_oddities),
         cmocka_unit_test(test_random_mutations),

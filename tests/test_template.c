@@ -12,16 +12,15 @@
 #include "gguf_builder.h"
 #include "nibble.h"
 
-/* A vocabulary-only model with the given chat template (NULL: none) and,
- * optionally, CodeLlama's FIM tokens. */
-static nb_model *vocab_model(const char *chat_template, int fim)
+/* A vocabulary-only SentencePiece model: <unk> <s> </s>, the byte tokens,
+ * then extra tokens (the first n_control as control tokens), with the
+ * given chat template (NULL: none). */
+static nb_model *vocab_model_ex(const char *chat_template, const char *const *extra, int n_extra,
+                                int n_control, int control_type)
 {
     gguf_builder *b = gb_new();
     assert_non_null(b);
     gb_kv_str(b, "general.architecture", "llama");
-    const char *extra[] = {"\xe2\x96\x81<PRE>", "\xe2\x96\x81<SUF>", "\xe2\x96\x81<MID>",
-                           "\xe2\x96\x81<EOT>", "\xe2\x96\x81x", "\xe2\x96\x81y"};
-    int n_extra = fim ? 6 : 2, off = fim ? 0 : 4;
     int n = 3 + 256 + n_extra;
     const char **toks = calloc((size_t)n, sizeof *toks);
     float *scores = calloc((size_t)n, sizeof *scores);
@@ -35,8 +34,8 @@ static nb_model *vocab_model(const char *chat_template, int fim)
         types[3 + i] = 6;
     }
     for (int i = 0; i < n_extra; i++) {
-        toks[259 + i] = extra[off + i];
-        types[259 + i] = fim && i < 4 ? 4 : 1; /* user-defined, as in CodeLlama */
+        toks[259 + i] = extra[i];
+        types[259 + i] = i < n_control ? control_type : 1;
     }
     gb_kv_str(b, "tokenizer.ggml.model", "llama");
     gb_kv_arr_str(b, "tokenizer.ggml.tokens", toks, (uint64_t)n);
@@ -60,6 +59,20 @@ static nb_model *vocab_model(const char *chat_template, int fim)
     free(toks), free(scores), free(types), free(bytes);
     return m;
 }
+
+/* ... with, optionally, CodeLlama's FIM tokens (user-defined, as there). */
+static nb_model *vocab_model(const char *chat_template, int fim)
+{
+    static const char *const extra[] = {"\xe2\x96\x81<PRE>", "\xe2\x96\x81<SUF>",
+                                        "\xe2\x96\x81<MID>", "\xe2\x96\x81<EOT>",
+                                        "\xe2\x96\x81x",     "\xe2\x96\x81y"};
+    return fim ? vocab_model_ex(chat_template, extra, 6, 4, 4)
+               : vocab_model_ex(chat_template, extra + 4, 2, 0, 4);
+}
+
+#define DS_USER "<\xef\xbd\x9cUser\xef\xbd\x9c>"
+#define DS_ASSISTANT "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
+#define DS_EOS "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
 
 static const nb_chat_msg chat[] = {
     {"system", "S"}, {"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}};
@@ -95,6 +108,12 @@ static void test_render(void **state)
            "S\n\n### Instruction:\nU1\n\n### Response:\nA1\n\n### Instruction:\nU2\n\n"
            "### Response:\n");
     expect(m, "vicuna", "S\nUSER: U1\nASSISTANT: A1</s>\nUSER: U2\nASSISTANT:");
+    /* DeepSeek-Coder 1.x, DeepSeek-V2 and V3, as llama.cpp renders them */
+    expect(m, "deepseek",
+           "S### Instruction:\nU1\n### Response:\nA1\n<|EOT|>\n### Instruction:\nU2\n"
+           "### Response:\n");
+    expect(m, "deepseek2", "S\n\nUser: U1\n\nAssistant: A1" DS_EOS "User: U2\n\nAssistant:");
+    expect(m, "deepseek3", "S\n\n" DS_USER "U1" DS_ASSISTANT "A1" DS_EOS DS_USER "U2" DS_ASSISTANT);
     expect(m, "raw", "S\n\nU1\n\nA1\n\nU2\n\n");
     /* without the assistant opening */
     char *out;
@@ -123,6 +142,13 @@ static void test_detect(void **state)
         {"<|start_header_id|>{{ role }}<|end_header_id|>\n\n{{ content }}<|eot_id|>", "llama3"},
         {"{% for m in messages %}<|user|>\n{{ m.content }}</s>{% endfor %}", "zephyr"},
         {"### Instruction:\n{{ x }}\n\n### Response:", "alpaca"},
+        /* excerpts of the models' own templates */
+        {"{{'### Instruction:\\n' + message['content'] + '\\n'}}{% else %}"
+         "{{'### Response:\\n' + message['content'] + '\\n<|EOT|>\\n'}}", "deepseek"},
+        {"{{ 'User: ' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}"
+         "{{ 'Assistant: ' + message['content'] + eos_token }}", "deepseek2"},
+        {"{{'" DS_USER "' + message['content']}}{%- endif %}{%- if message['role'] == "
+         "'assistant' %}{{'" DS_ASSISTANT "' + message['content'] + '" DS_EOS "'}}", "deepseek3"},
         {"{{ system }} USER: {{ u }} ASSISTANT: {{ a }}", "vicuna"},
         {"{{ something unknown }}", "unknown"},
     };
@@ -186,6 +212,86 @@ static void test_infill(void **state)
                      NB_ERR_UNSUPPORTED);
     assert_non_null(strstr(err, "fill-in-the-middle"));
     assert_null(ids);
+    nb_model_close(m);
+}
+
+/* Qwen2.5-Coder's tokens are found by name: prefix, suffix and middle,
+ * the file separator before each context chunk, and the repository name;
+ * the ones that end an infill stop generation. */
+static void test_infill_qwen(void **state)
+{
+    (void)state;
+    static const char *const extra[] = {"<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>",
+                                        "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+                                        "<|file_sep|>", "\xe2\x96\x81x"};
+    enum { ENDOFTEXT = 259, PRE, MID, SUF, PAD, REPO, SEP };
+    nb_model *m = vocab_model_ex("{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}",
+                                 extra, 8, 7, 3);
+    assert_true(nb_model_has_fim(m));
+    nb_model_info in;
+    nb_model_get_info(m, &in);
+    assert_int_equal(in.fim_pre, PRE);
+    assert_int_equal(in.fim_suf, SUF);
+    assert_int_equal(in.fim_mid, MID);
+    assert_int_equal(in.fim_sep, SEP);
+    assert_int_equal(in.fim_rep, REPO);
+    assert_string_equal(nb_chat_template_name(m), "chatml");
+    for (int t = ENDOFTEXT; t <= SEP; t++)
+        if (t != PRE && t != MID && t != SUF)
+            assert_true(nb_model_is_eog(m, t));
+    assert_false(nb_model_is_eog(m, PRE));
+    nb_chunk chunks[] = {{"util.py", "x"}};
+    nb_token *ids;
+    int64_t n;
+    assert_int_equal(nb_infill_tokens(m, "a", "b", chunks, 1, &ids, &n, NULL, 0), NB_OK);
+    /* [BOS] <|file_sep|>util.py\nx\n\n <|file_sep|> <|fim_prefix|>a<|fim_suffix|>b<|fim_middle|> */
+    int64_t k = ids[0] == 1;
+    assert_int_equal(ids[k], SEP);
+    int64_t pre = -1, suf = -1, seps = 0;
+    for (int64_t i = 0; i < n; i++) {
+        seps += ids[i] == SEP;
+        if (ids[i] == PRE)
+            pre = i;
+        if (ids[i] == SUF)
+            suf = i;
+    }
+    assert_int_equal(seps, 2);
+    assert_int_equal(ids[pre - 1], SEP);
+    assert_true(pre < suf);
+    assert_int_equal(ids[n - 1], MID);
+    free(ids);
+    nb_model_close(m);
+}
+
+/* DeepSeek-Coder's <｜fim▁begin｜>, <｜fim▁hole｜>, <｜fim▁end｜> in its real
+ * vocabulary. */
+static void test_infill_deepseek(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *path = nbt_data_path("vocab/ggml-vocab-deepseek-coder.gguf");
+    nb_model_params p = nb_model_default_params();
+    p.vocab_only = 1;
+    nb_model *m;
+    char err[256];
+    if (nb_model_open(path, &p, &m, err, sizeof err))
+        fail_msg("%s: %s", path, err);
+    free(path);
+    assert_true(nb_model_has_fim(m));
+    static const char *const names[3] = {
+        "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+        "<\xef\xbd\x9c" "fim\xe2\x96\x81" "hole\xef\xbd\x9c>",
+        "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>"};
+    nb_model_info in;
+    nb_model_get_info(m, &in);
+    nb_token got[3] = {in.fim_pre, in.fim_suf, in.fim_mid};
+    for (int i = 0; i < 3; i++) {
+        char piece[64];
+        int len = nb_token_piece(m, got[i], piece, sizeof piece, NB_PIECE_SPECIAL);
+        assert_true(len > 0 && len < 64);
+        piece[len] = 0;
+        assert_string_equal(piece, names[i]);
+    }
     nb_model_close(m);
 }
 
@@ -350,6 +456,8 @@ int main(void)
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_infill),
         cmocka_unit_test(test_infill_fit),
+        cmocka_unit_test(test_infill_qwen),
+        cmocka_unit_test(test_infill_deepseek),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -148,8 +148,9 @@ typedef struct nb_model_params {
 
 NB_API nb_model_params nb_model_default_params(void);
 
-/* Open a model.  The architecture must be one nibble implements (llama);
- * anything else is refused with a message that names it.  On failure
+/* Open a model.  The architecture must be one nibble implements (llama,
+ * qwen2); anything else is refused with NB_ERR_UNSUPPORTED and a message
+ * that names it and lists those.  On failure
  * *out is NULL and err (when given) holds a one-line message. */
 NB_API nb_status nb_model_open(const char *path, const nb_model_params *params,
                                nb_model **out, char *err, size_t errlen);
@@ -184,6 +185,12 @@ typedef struct nb_model_info {
     uint64_t weight_bytes;     /* bytes of tensor data */
     uint64_t kv_bytes_per_token; /* KV cache cost of one token (F16 cache) */
     int type_tensors[NB_TYPE_COUNT]; /* tensors of each type */
+    const char *rope_scaling;  /* "none", "linear" or "llama3" */
+    int rope_neox;             /* 1: GPT-NeoX rotary layout (Qwen2), 0: adjacent pairs */
+    int attn_bias;             /* 1 when the attention projections have biases */
+    int sliding_window;        /* attention window in tokens; 0 = the whole context */
+    nb_token fim_pre, fim_suf, fim_mid; /* fill-in-the-middle tokens, -1 when absent */
+    nb_token fim_sep, fim_rep; /* file separator and repository name, -1 when absent */
 } nb_model_info;
 
 NB_API void nb_model_get_info(const nb_model *m, nb_model_info *info);
@@ -264,7 +271,8 @@ typedef struct nb_chat_msg {
 } nb_chat_msg;
 
 /* The chat format recognised in the model's tokenizer.chat_template:
- * "chatml", "llama2", "llama3", "alpaca", "vicuna", "zephyr"; "raw" when
+ * "chatml", "llama2", "llama3", "deepseek", "alpaca", "vicuna", "zephyr";
+ * "raw" when
  * the model has none (a base model); "unknown" when it has one nibble does
  * not recognise, which renders as ChatML (callers should warn).  Never
  * NULL. */

@@ -1,5 +1,7 @@
 /*
- * forward.c - evaluation contexts and the LLaMA forward pass.
+ * forward.c - evaluation contexts and the transformer forward pass shared
+ * by every architecture (arch_*.c says what differs: biases, rotary
+ * layout).
  *
  * A context owns a KV cache (F16, like llama.cpp's default, so a cached
  * token costs 2 * n_layer * kv_dim * 2 bytes) and scratch buffers for a
@@ -390,7 +392,32 @@ static void rope_prepare(const nb_model *m, float *cs, int pos)
     }
 }
 
-/* Attention of one query token at position pos over cache rows 0..pos.
+/* GPT-NeoX's rotary layout (Qwen2): pair i is (x[i], x[i + n_rot/2]),
+ * with the same angles as the kernel's adjacent pairs.  Scalar, and
+ * rounded as the kernel rounds. */
+static void rope_neox(int n_heads, int head_dim, int n_rot, float *restrict x,
+                      const float *restrict cs)
+{
+    const int half = n_rot / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            const float c = cs[2 * i], s = cs[2 * i + 1];
+            const float x0 = v[i], x1 = v[i + half];
+            v[i] = fmaf(x0, c, -(x1 * s));
+            v[i + half] = fmaf(x0, s, x1 * c);
+        }
+    }
+}
+
+static void add_bias(float *y, const float *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += b[i];
+}
+
+/* Attention of one query token at position pos over cache rows 0..pos
+ * (the last n_swa of them under a sliding window).
  *
  * One pass with a running maximum (online softmax), accumulating the
  * weighted values in F16, which is what llama.cpp's default (flash
@@ -410,7 +437,8 @@ static void attend_head(const nb_ctx *c, const nb_ctx *rc, int layer, const floa
     c->k->from_float[NB_TYPE_F16](q + (size_t)h * hd, q16, hd);
     memset(acc, 0, (size_t)hd * sizeof *acc);
     float S = 0.0f, M = -INFINITY;
-    for (int j = 0; j <= pos; j++) {
+    const int first = hp->n_swa && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
+    for (int j = first; j <= pos; j++) {
         float s;
         dot16(hd, &s, K + (size_t)j * kv_dim + koff, q16);
         s *= scale;
@@ -470,6 +498,7 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
     const int E = hp->n_embd, hd = hp->head_dim;
     const int Qd = hp->n_head * hd, KVd = hp->n_head_kv * hd;
     const nbi_to_float_fn embd_row = c->k->to_float[m->tok_embd->type];
+    const nbi_rope_fn rope = m->ad->rope == NBI_ROPE_NEOX ? rope_neox : c->k->rope;
     const size_t embd_row_size = nbi_row_size(m->tok_embd->type, E);
 
     c->rows = rows;
@@ -489,9 +518,16 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
             rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
         matmul_qkv(c, L, c->xn, B);
         for (int t = 0; t < B; t++) {
+            float *q = c->q + (size_t)t * Qd, *k = c->kcur + (size_t)t * KVd;
+            if (L->bq)
+                add_bias(q, L->bq, Qd);
+            if (L->bk)
+                add_bias(k, L->bk, KVd);
+            if (L->bv)
+                add_bias(c->vcur + (size_t)t * KVd, L->bv, KVd);
             const float *cs = c->rope_cs + (size_t)t * hp->n_rot;
-            c->k->rope(hp->n_head, hd, hp->n_rot, c->q + (size_t)t * Qd, cs);
-            c->k->rope(hp->n_head_kv, hd, hp->n_rot, c->kcur + (size_t)t * KVd, cs);
+            rope(hp->n_head, hd, hp->n_rot, q, cs);
+            rope(hp->n_head_kv, hd, hp->n_rot, k, cs);
             const nb_ctx *rc = rows[t].ctx;
             const size_t at = ((size_t)l * rc->n_ctx + rows[t].pos) * KVd;
             c->k->from_float[NB_TYPE_F16](c->kcur + (size_t)t * KVd, rc->kcache + at, KVd);
@@ -501,6 +537,9 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
         attend_job aj = {c, l, B};
         nbi_pool_run_chunked(c->pool, (int64_t)B * hp->n_head, 1, attend_task, &aj);
         matmul(c, L->wo, c->att, B, c->xn);
+        if (L->bo)
+            for (int t = 0; t < B; t++)
+                add_bias(c->xn + (size_t)t * E, L->bo, E);
         for (size_t i = 0; i < (size_t)B * E; i++)
             c->x[i] += c->xn[i];
 

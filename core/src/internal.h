@@ -353,11 +353,48 @@ void nbi_bpe_scratch_free(nbi_bpe_scratch *s);
  * out (room for len bytes); returns their number. */
 size_t nbi_bpe_piece(const char *s, size_t len, char *out);
 
+/* ------------------------------------------------------------------ arch_*.c */
+
+/* An architecture is the shared transformer of model.c and forward.c
+ * (RMSNorm, attention with grouped key/value heads and rotary positions,
+ * SwiGLU feed-forward) plus what this struct says differs.  Each one lives
+ * in its own core/src/arch_<name>.c; model.c lists them. */
+
+enum nbi_rope_style {
+    NBI_ROPE_NORM, /* rotate adjacent pairs (x[2i], x[2i+1]): LLaMA */
+    NBI_ROPE_NEOX  /* rotate the halves (x[i], x[i + n_rot/2]): GPT-NeoX, Qwen2 */
+};
+
+/* The tensors of a block, as the shared core knows them. */
+enum nbi_block_tensor {
+    NBI_BT_ATTN_NORM, NBI_BT_ATTN_Q, NBI_BT_ATTN_K, NBI_BT_ATTN_V, NBI_BT_ATTN_OUT,
+    NBI_BT_ATTN_Q_BIAS, NBI_BT_ATTN_K_BIAS, NBI_BT_ATTN_V_BIAS, NBI_BT_ATTN_OUT_BIAS,
+    NBI_BT_FFN_NORM, NBI_BT_FFN_GATE, NBI_BT_FFN_UP, NBI_BT_FFN_DOWN,
+    NBI_BT_COUNT
+};
+
+/* What an architecture does with each block tensor.  ABSENT is the zero
+ * value: such a tensor is refused when a file has it, since ignoring a
+ * weight silently computes something else. */
+enum nbi_use { NBI_ABSENT = 0, NBI_REQUIRED, NBI_OPTIONAL };
+
+typedef struct nbi_arch {
+    const char *name;               /* general.architecture and the key prefix */
+    int rope;                       /* enum nbi_rope_style */
+    uint8_t block[NBI_BT_COUNT];    /* enum nbi_use per block tensor */
+} nbi_arch;
+
+extern const nbi_arch nbi_arch_llama, nbi_arch_qwen2;
+
 /* ------------------------------------------------------------------ model.c */
 
 typedef struct nbi_hparams {
     int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    int n_swa;                    /* sliding attention window in tokens, 0 = none */
     float rope_freq_base, rope_freq_scale, rms_eps;
+    /* llama3 rope scaling, when named by rope.scaling.type */
+    float rope_l3_factor, rope_l3_low, rope_l3_high;
+    int rope_l3_orig_ctx;
 } nbi_hparams;
 
 typedef struct nbi_layer {
@@ -366,6 +403,9 @@ typedef struct nbi_layer {
     const nbi_tensor *wk;         /* (n_embd, n_head_kv * head_dim) */
     const nbi_tensor *wv;         /* (n_embd, n_head_kv * head_dim) */
     const nbi_tensor *wo;         /* (n_head * head_dim, n_embd) */
+    const float *bq;              /* (n_head * head_dim) or NULL */
+    const float *bk, *bv;         /* (n_head_kv * head_dim) or NULL */
+    const float *bo;              /* (n_embd) or NULL */
     const float *ffn_norm;        /* (n_embd) */
     const nbi_tensor *w_gate;     /* (n_embd, n_ff) */
     const nbi_tensor *w_up;       /* (n_embd, n_ff) */
@@ -380,14 +420,16 @@ struct nb_model {
     const char *name;
     const char *tokenizer_model;
     char *strings;                /* storage for the copies above */
+    const nbi_arch *ad;           /* the architecture's description; NULL when vocab_only */
     nbi_hparams hp;
+    const char *rope_scaling;     /* "none", "linear" or "llama3" */
     nbi_vocab vocab;
     const nbi_tensor *tok_embd;   /* (n_embd, n_vocab) */
     const float *output_norm;     /* (n_embd) */
     const nbi_tensor *output;     /* (n_embd, n_vocab); tok_embd when tied */
-    const float *rope_freqs;      /* (n_rot / 2) or NULL */
+    const float *rope_freqs;      /* (n_rot / 2) or NULL: divisors of each pair's angle */
     nbi_layer *layers;
-    float *vectors;               /* norms and rope factors, as F32 */
+    float *vectors;               /* norms, biases and rope factors, as F32 */
 };
 
 #endif /* NIBBLE_INTERNAL_H */

@@ -1,10 +1,11 @@
 /*
- * model.c - turning a validated GGUF file into a LLaMA model: reading the
- * hyperparameters, checking that every tensor the forward pass needs is
- * present with the expected shape and a supported type, and summarising
- * the model for `nibble info`.
+ * model.c - turning a validated GGUF file into a model: choosing the
+ * architecture (arch_*.c), reading the hyperparameters, checking that
+ * every tensor the forward pass needs is present with the expected shape
+ * and a supported type, and summarising the model for `nibble info`.
  */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,29 @@
 #define MAX_HEAD 1024
 #define MAX_FF (1 << 20)
 #define MAX_CTX (1 << 24)
+
+/* The architectures nibble runs.  A new one is a file arch_<name>.c and a
+ * line here. */
+static const nbi_arch *const arches[] = {&nbi_arch_llama, &nbi_arch_qwen2};
+#define N_ARCHES (sizeof arches / sizeof arches[0])
+
+static const nbi_arch *find_arch(const char *name)
+{
+    for (size_t i = 0; i < N_ARCHES; i++)
+        if (!strcmp(arches[i]->name, name))
+            return arches[i];
+    return NULL;
+}
+
+/* "llama, qwen2" for error messages. */
+static const char *arch_list(char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < N_ARCHES && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", arches[i]->name);
+    return buf;
+}
 
 nb_model_params nb_model_default_params(void)
 {
@@ -104,14 +128,25 @@ static nb_status load_hparams(nb_model *m, char *err, size_t errlen)
         (st = get_float(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1, err,
                         errlen)))
         return st;
+    /* Mistral-style sliding-window attention: each token sees the last
+     * n_swa positions, itself included.  Applied as a mask; the cache
+     * still keeps every position. */
+    if ((st = get_dim(g, a, "attention.sliding_window", &hp->n_swa, 0, 0, MAX_CTX, err, errlen)))
+        return st;
 
-    /* Rotary scaling: linear is a plain position scale; others need code
-     * that is not written yet, and silently ignoring them would produce
-     * wrong text on long prompts. */
+    /* Rotary scaling.  Linear is a plain position scale.  Llama 3.1's
+     * "llama3" divides each pair's angle by a factor that depends on its
+     * wavelength; llama.cpp's converter stores those divisors as the
+     * rope_freqs tensor and writes no scaling type, which bind_tensors
+     * picks up.  A file that names the type without the tensor gets them
+     * computed from its keys.  Anything else (YaRN, LongRoPE) needs code
+     * that is not written yet, and silently ignoring it would produce
+     * wrong text, so it is refused. */
     char key[128];
     const char *stype = NULL;
     size_t stype_len = 0;
     int found = 0;
+    m->rope_scaling = "none";
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     if ((st = nbi_gguf_get_str(g, key, &stype, &stype_len, &found, err, errlen)))
         return st;
@@ -130,21 +165,63 @@ static nb_status load_hparams(nb_model *m, char *err, size_t errlen)
             found = 1;
         }
     }
-    if (found && !(stype_len == 4 && memcmp(stype, "none", 4) == 0)) {
-        if (stype_len == 6 && memcmp(stype, "linear", 6) == 0) {
-            if (have_factor && factor != 0.0f) {
-                if (!(factor > 0.0f && factor < 1e6f))
-                    return nbi_err(err, errlen, NB_ERR_FORMAT,
-                                   "rope scaling factor %g is out of range", (double)factor);
-                hp->rope_freq_scale = 1.0f / factor;
-            }
-        } else {
-            return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
-                           "rope scaling type '%.*s' is not supported yet (only linear)",
-                           (int)NBI_MIN(stype_len, 32), stype);
-        }
+    if (have_factor && factor != 0.0f && !(factor > 0.0f && factor < 1e6f))
+        return nbi_err(err, errlen, NB_ERR_FORMAT, "rope scaling factor %g is out of range",
+                       (double)factor);
+    if (!found || (stype_len == 4 && memcmp(stype, "none", 4) == 0))
+        return NB_OK;
+    if (stype_len == 6 && memcmp(stype, "linear", 6) == 0) {
+        m->rope_scaling = "linear";
+        if (have_factor && factor != 0.0f)
+            hp->rope_freq_scale = 1.0f / factor;
+    } else if (stype_len == 6 && memcmp(stype, "llama3", 6) == 0) {
+        /* Llama 3.1's values when a key is absent */
+        m->rope_scaling = "llama3";
+        hp->rope_l3_factor = have_factor && factor != 0.0f ? factor : 8.0f;
+        hp->rope_l3_low = 1.0f;
+        hp->rope_l3_high = 4.0f;
+        hp->rope_l3_orig_ctx = 8192;
+        if ((st = get_float(g, a, "rope.scaling.low_freq_factor", &hp->rope_l3_low, 0, err,
+                            errlen)) ||
+            (st = get_float(g, a, "rope.scaling.high_freq_factor", &hp->rope_l3_high, 0, err,
+                            errlen)) ||
+            (st = get_dim(g, a, "rope.scaling.original_context_length", &hp->rope_l3_orig_ctx, 0,
+                          1, MAX_CTX, err, errlen)))
+            return st;
+        if (!(hp->rope_l3_high > hp->rope_l3_low))
+            return nbi_err(err, errlen, NB_ERR_FORMAT,
+                           "llama3 rope scaling: high frequency factor %g is not above the low "
+                           "one %g",
+                           (double)hp->rope_l3_high, (double)hp->rope_l3_low);
+    } else {
+        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                       "rope scaling type '%.*s' is not supported (supported: none, linear, "
+                       "llama3)",
+                       (int)NBI_MIN(stype_len, 32), stype);
     }
     return NB_OK;
+}
+
+/* Llama 3.1's divisors of each pair's rotary angle, as llama.cpp's
+ * converter computes them into rope_freqs: long wavelengths are slowed
+ * by the factor, short ones kept, and the band between blended. */
+static void llama3_rope_freqs(const nbi_hparams *hp, float *out)
+{
+    const double pi = 3.14159265358979323846;
+    const double orig = hp->rope_l3_orig_ctx, lo = hp->rope_l3_low, hi = hp->rope_l3_high;
+    const double low_wavelen = orig / lo, high_wavelen = orig / hi;
+    for (int i = 0; i < hp->n_rot / 2; i++) {
+        double freq = pow(hp->rope_freq_base, -2.0 * i / hp->n_rot);
+        double wavelen = 2 * pi / freq;
+        if (wavelen < high_wavelen) {
+            out[i] = 1.0f;
+        } else if (wavelen > low_wavelen) {
+            out[i] = hp->rope_l3_factor;
+        } else {
+            double smooth = (orig / wavelen - lo) / (hi - lo);
+            out[i] = (float)(1.0 / ((1 - smooth) / hp->rope_l3_factor + smooth));
+        }
+    }
 }
 
 /* Look up a tensor and check its shape and type. */
@@ -177,9 +254,18 @@ static nb_status want_tensor(nb_model *m, const char *name, int64_t ne0, int64_t
     return NB_OK;
 }
 
-/* Small 1-D tensors (norm weights, rope factors) are converted to F32
- * once, so the forward pass needs no per-type code for them. */
-static nb_status want_vector(nb_model *m, const char *name, int64_t n, float **cursor,
+/* Small 1-D tensors (norms, biases, rope factors) are converted to F32
+ * once, so the forward pass needs no per-type code for them.  They are
+ * collected first and converted once all are found, so the buffer is
+ * sized by tensors the file really holds, never by its claims. */
+typedef struct vec_list {
+    const nbi_tensor **t;
+    const float ***dst;
+    size_t n, cap;
+    size_t floats;
+} vec_list;
+
+static nb_status want_vector(nb_model *m, vec_list *vl, const char *name, int64_t n,
                              const float **out, int optional, char *err, size_t errlen)
 {
     const nbi_tensor *t;
@@ -187,67 +273,131 @@ static nb_status want_vector(nb_model *m, const char *name, int64_t n, float **c
     *out = NULL;
     if (st || !t)
         return st;
-    nbi_kernels_ref()->to_float[t->type](t->data, *cursor, n);
-    *out = *cursor;
-    *cursor += n;
+    if (vl->n == vl->cap)
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "too many vectors");
+    vl->t[vl->n] = t;
+    vl->dst[vl->n] = out;
+    vl->n++;
+    vl->floats += (size_t)n;
     return NB_OK;
 }
+
+/* The block tensors the shared core knows: GGUF name and shape. */
+enum { DIM_E, DIM_Q, DIM_KV, DIM_F, DIM_NONE };
+static const struct {
+    const char *name;
+    uint8_t ne0, ne1;     /* DIM_*: ne1 DIM_NONE is a vector */
+} block_tensors[NBI_BT_COUNT] = {
+    [NBI_BT_ATTN_NORM] = {"attn_norm.weight", DIM_E, DIM_NONE},
+    [NBI_BT_ATTN_Q] = {"attn_q.weight", DIM_E, DIM_Q},
+    [NBI_BT_ATTN_K] = {"attn_k.weight", DIM_E, DIM_KV},
+    [NBI_BT_ATTN_V] = {"attn_v.weight", DIM_E, DIM_KV},
+    [NBI_BT_ATTN_OUT] = {"attn_output.weight", DIM_Q, DIM_E},
+    [NBI_BT_ATTN_Q_BIAS] = {"attn_q.bias", DIM_Q, DIM_NONE},
+    [NBI_BT_ATTN_K_BIAS] = {"attn_k.bias", DIM_KV, DIM_NONE},
+    [NBI_BT_ATTN_V_BIAS] = {"attn_v.bias", DIM_KV, DIM_NONE},
+    [NBI_BT_ATTN_OUT_BIAS] = {"attn_output.bias", DIM_E, DIM_NONE},
+    [NBI_BT_FFN_NORM] = {"ffn_norm.weight", DIM_E, DIM_NONE},
+    [NBI_BT_FFN_GATE] = {"ffn_gate.weight", DIM_E, DIM_F},
+    [NBI_BT_FFN_UP] = {"ffn_up.weight", DIM_E, DIM_F},
+    [NBI_BT_FFN_DOWN] = {"ffn_down.weight", DIM_F, DIM_E},
+};
 
 static nb_status bind_tensors(nb_model *m, char *err, size_t errlen)
 {
     const nbi_hparams *hp = &m->hp;
-    int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
-            KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+    const nbi_arch *ad = m->ad;
+    const int64_t V = hp->n_vocab;
+    const int64_t dims[DIM_NONE + 1] = {
+        [DIM_E] = hp->n_embd, [DIM_Q] = (int64_t)hp->n_head * hp->head_dim,
+        [DIM_KV] = (int64_t)hp->n_head_kv * hp->head_dim, [DIM_F] = hp->n_ff, [DIM_NONE] = 0};
     char name[96];
     nb_status st;
 
-    size_t n_floats = (size_t)E * (2 * (size_t)hp->n_layer + 1) + (size_t)hp->n_rot / 2;
-    m->vectors = nbi_malloc_array(n_floats, sizeof(float));
     m->layers = nbi_calloc((size_t)hp->n_layer, sizeof *m->layers);
-    if (!m->vectors || !m->layers)
-        return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
-    float *cur = m->vectors;
+    vec_list vl = {0};
+    vl.cap = (size_t)hp->n_layer * NBI_BT_COUNT + 2;
+    vl.t = nbi_malloc_array(vl.cap, sizeof *vl.t);
+    vl.dst = nbi_malloc_array(vl.cap, sizeof *vl.dst);
+    if (!m->layers || !vl.t || !vl.dst) {
+        st = nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
+        goto done;
+    }
 
-    if ((st = want_tensor(m, "token_embd.weight", E, V, &m->tok_embd, 0, err, errlen)) ||
-        (st = want_vector(m, "output_norm.weight", E, &cur, &m->output_norm, 0, err, errlen)) ||
-        (st = want_tensor(m, "output.weight", E, V, &m->output, 1, err, errlen)) ||
-        (st = want_vector(m, "rope_freqs.weight", hp->n_rot / 2, &cur, &m->rope_freqs, 1, err,
+    if ((st = want_tensor(m, "token_embd.weight", dims[DIM_E], V, &m->tok_embd, 0, err,
+                          errlen)) ||
+        (st = want_vector(m, &vl, "output_norm.weight", dims[DIM_E], &m->output_norm, 0, err,
+                          errlen)) ||
+        (st = want_tensor(m, "output.weight", dims[DIM_E], V, &m->output, 1, err, errlen)) ||
+        (st = want_vector(m, &vl, "rope_freqs.weight", hp->n_rot / 2, &m->rope_freqs, 1, err,
                           errlen)))
-        return st;
+        goto done;
     if (!m->output)
         m->output = m->tok_embd; /* tied embeddings */
 
     for (int l = 0; l < hp->n_layer; l++) {
         nbi_layer *L = &m->layers[l];
-#define T(field, suffix, a, b)                                                            \
-    snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                           \
-    if ((st = want_tensor(m, name, a, b, &L->field, 0, err, errlen)))                     \
-        return st;
-#define N(field, suffix)                                                                  \
-    snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                           \
-    if ((st = want_vector(m, name, E, &cur, &L->field, 0, err, errlen)))                  \
-        return st;
-        N(attn_norm, "attn_norm")
-        T(wq, "attn_q", E, Q)
-        T(wk, "attn_k", E, KV)
-        T(wv, "attn_v", E, KV)
-        T(wo, "attn_output", Q, E)
-        N(ffn_norm, "ffn_norm")
-        T(w_gate, "ffn_gate", E, F)
-        T(w_up, "ffn_up", E, F)
-        T(w_down, "ffn_down", F, E)
-#undef T
-#undef N
+        const nbi_tensor **mat[NBI_BT_COUNT] = {
+            [NBI_BT_ATTN_Q] = &L->wq, [NBI_BT_ATTN_K] = &L->wk, [NBI_BT_ATTN_V] = &L->wv,
+            [NBI_BT_ATTN_OUT] = &L->wo, [NBI_BT_FFN_GATE] = &L->w_gate,
+            [NBI_BT_FFN_UP] = &L->w_up, [NBI_BT_FFN_DOWN] = &L->w_down};
+        const float **vec[NBI_BT_COUNT] = {
+            [NBI_BT_ATTN_NORM] = &L->attn_norm, [NBI_BT_ATTN_Q_BIAS] = &L->bq,
+            [NBI_BT_ATTN_K_BIAS] = &L->bk, [NBI_BT_ATTN_V_BIAS] = &L->bv,
+            [NBI_BT_ATTN_OUT_BIAS] = &L->bo, [NBI_BT_FFN_NORM] = &L->ffn_norm};
+        for (int b = 0; b < NBI_BT_COUNT; b++) {
+            snprintf(name, sizeof name, "blk.%d.%s", l, block_tensors[b].name);
+            const int use = ad->block[b];
+            if (use == NBI_ABSENT) {
+                if (nbi_gguf_tensor(m->gguf, name)) {
+                    st = nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                                 "tensor '%s' is not part of the %s architecture", name,
+                                 ad->name);
+                    goto done;
+                }
+                continue;
+            }
+            const int64_t ne0 = dims[block_tensors[b].ne0], ne1 = dims[block_tensors[b].ne1];
+            st = vec[b] ? want_vector(m, &vl, name, ne0, vec[b], use == NBI_OPTIONAL, err, errlen)
+                        : want_tensor(m, name, ne0, ne1, mat[b], use == NBI_OPTIONAL, err,
+                                      errlen);
+            if (st)
+                goto done;
+        }
     }
     /* Expert (MoE) tensors would be silently ignored otherwise. */
-    if (nbi_gguf_tensor(m->gguf, "blk.0.ffn_gate_inp.weight"))
-        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
-                       "mixture-of-experts models (ffn_gate_inp) are not supported");
-    snprintf(name, sizeof name, "blk.0.attn_q.bias");
-    if (nbi_gguf_tensor(m->gguf, name))
-        return nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
-                       "attention biases (blk.N.attn_q.bias) are not supported for llama yet");
-    return NB_OK;
+    if (nbi_gguf_tensor(m->gguf, "blk.0.ffn_gate_inp.weight")) {
+        st = nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
+                     "mixture-of-experts models (ffn_gate_inp) are not supported");
+        goto done;
+    }
+
+    /* Everything is found: convert the vectors. */
+    const int have_freqs = nbi_gguf_tensor(m->gguf, "rope_freqs.weight") != NULL;
+    const int l3 = !have_freqs && !strcmp(m->rope_scaling, "llama3");
+    float *cur = m->vectors = nbi_malloc_array(vl.floats + (size_t)(l3 ? hp->n_rot / 2 : 0) + 1,
+                                               sizeof(float));
+    if (!cur) {
+        st = nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < vl.n; i++) {
+        const int64_t n = vl.t[i]->ne[0];
+        nbi_kernels_ref()->to_float[vl.t[i]->type](vl.t[i]->data, cur, n);
+        *vl.dst[i] = cur;
+        cur += n;
+    }
+    if (l3) {
+        llama3_rope_freqs(hp, cur);
+        m->rope_freqs = cur;
+    } else if (have_freqs && !strcmp(m->rope_scaling, "none")) {
+        m->rope_scaling = "llama3"; /* what llama.cpp's converter means by the tensor */
+    }
+    st = NB_OK;
+done:
+    free(vl.t);
+    free(vl.dst);
+    return st;
 }
 
 static char *copy_meta_str(nb_model *m, const char *key, char **cursor)
@@ -281,6 +431,7 @@ nb_status nb_model_open(const char *path, const nb_model_params *params, nb_mode
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
     }
     m->vocab_only = p.vocab_only;
+    m->rope_scaling = "none";
     nb_status st = nbi_gguf_open_file(path, p.use_mmap, &m->gguf, err, errlen);
     if (st)
         goto fail;
@@ -299,9 +450,11 @@ nb_status nb_model_open(const char *path, const nb_model_params *params, nb_mode
                      nbi_gguf_type_name(akv->type));
         goto fail;
     }
-    if (!p.vocab_only && strcmp(m->arch, "llama") != 0) {
+    if (!p.vocab_only && !(m->ad = find_arch(m->arch))) {
+        char list[128];
         st = nbi_err(err, errlen, NB_ERR_UNSUPPORTED,
-                     "architecture '%s' is not supported (nibble runs: llama)", m->arch);
+                     "architecture '%s' is not supported (nibble runs: %s)", m->arch,
+                     arch_list(list, sizeof list));
         goto fail;
     }
 
@@ -373,6 +526,15 @@ void nb_model_get_info(const nb_model *m, nb_model_info *info)
     info->eos = m->vocab.eos;
     info->add_bos = m->vocab.add_bos;
     info->add_eos = m->vocab.add_eos;
+    info->rope_scaling = m->rope_scaling;
+    info->rope_neox = m->ad && m->ad->rope == NBI_ROPE_NEOX;
+    info->attn_bias = m->layers && m->layers[0].bq;
+    info->sliding_window = hp->n_swa;
+    info->fim_pre = m->vocab.fim_pre;
+    info->fim_suf = m->vocab.fim_suf;
+    info->fim_mid = m->vocab.fim_mid;
+    info->fim_sep = m->vocab.fim_sep;
+    info->fim_rep = m->vocab.fim_rep;
     info->file_size = m->gguf->size;
     info->kv_bytes_per_token =
         2ull * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * 2ull;

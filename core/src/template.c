@@ -46,8 +46,16 @@ static void sb_puts(strbuf *b, const char *s)
     sb_add(b, s, strlen(s));
 }
 
-static const char *const template_names[] = {"chatml", "llama2", "llama3", "alpaca",
-                                             "vicuna", "zephyr", "raw"};
+static const char *const template_names[] = {"chatml",    "llama2",    "llama3",
+                                             "deepseek",  "deepseek2", "deepseek3",
+                                             "alpaca",    "vicuna",    "zephyr",
+                                             "raw"};
+
+/* DeepSeek's markers: fullwidth bars (U+FF5C) around words joined by
+ * U+2581. */
+#define DS_USER "<\xef\xbd\x9c" "User\xef\xbd\x9c>"
+#define DS_ASSISTANT "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
+#define DS_EOS "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
 
 const char *nb_chat_template_name(const nb_model *m)
 {
@@ -73,8 +81,14 @@ const char *nb_chat_template_name(const nb_model *m)
         name = "llama2";
     else if (strstr(s, "<|user|>"))
         name = "zephyr";
+    else if (strstr(s, "### Instruction:") && strstr(s, "<|EOT|>"))
+        name = "deepseek"; /* DeepSeek-Coder 1.x: Alpaca's headings, turns end in <|EOT|> */
     else if (strstr(s, "### Instruction"))
         name = "alpaca";
+    else if (strstr(s, "'Assistant: ' + message['content'] + eos_token"))
+        name = "deepseek2"; /* DeepSeek-V2, DeepSeek-Coder-V2 */
+    else if (strstr(s, DS_USER) && strstr(s, DS_ASSISTANT))
+        name = "deepseek3"; /* DeepSeek-V3, R1 */
     else if (strstr(s, "USER:") && strstr(s, "ASSISTANT:"))
         name = "vicuna";
     free(s);
@@ -96,8 +110,9 @@ nb_status nb_chat_render(const nb_model *m, const char *tmpl, const nb_chat_msg 
             break;
     if (k == sizeof template_names / sizeof template_names[0])
         return nbi_err(err, errlen, NB_ERR_INVALID,
-                       "unknown chat template '%.40s' (chatml, llama2, llama3, alpaca, vicuna, "
-                       "zephyr, raw)", tmpl);
+                       "unknown chat template '%.40s' (chatml, llama2, llama3, deepseek, "
+                       "deepseek2, deepseek3, alpaca, vicuna, zephyr, raw)",
+                       tmpl);
     for (int i = 0; i < n; i++)
         if (!msgs[i].role || !msgs[i].content ||
             (strcmp(msgs[i].role, "system") && strcmp(msgs[i].role, "user") &&
@@ -155,6 +170,42 @@ nb_status nb_chat_render(const nb_model *m, const char *tmpl, const nb_chat_msg 
                 in_turn = 0;
             }
         }
+    } else if (!strcmp(tmpl, "deepseek")) {
+        /* the system text stands alone, as llama.cpp renders it */
+        for (int i = 0; i < n; i++) {
+            if (!strcmp(msgs[i].role, "system")) {
+                sb_puts(&b, msgs[i].content);
+            } else if (!strcmp(msgs[i].role, "user")) {
+                sb_puts(&b, "### Instruction:\n");
+                sb_puts(&b, msgs[i].content);
+                sb_puts(&b, "\n");
+            } else {
+                sb_puts(&b, "### Response:\n");
+                sb_puts(&b, msgs[i].content);
+                sb_puts(&b, "\n<|EOT|>\n");
+            }
+        }
+        if (add_assistant)
+            sb_puts(&b, "### Response:\n");
+    } else if (!strcmp(tmpl, "deepseek2") || !strcmp(tmpl, "deepseek3")) {
+        const int v3 = tmpl[8] == '3';
+        for (int i = 0; i < n; i++) {
+            if (!strcmp(msgs[i].role, "system")) {
+                sb_puts(&b, msgs[i].content);
+                sb_puts(&b, "\n\n");
+            } else if (!strcmp(msgs[i].role, "user")) {
+                sb_puts(&b, v3 ? DS_USER : "User: ");
+                sb_puts(&b, msgs[i].content);
+                if (!v3)
+                    sb_puts(&b, "\n\n");
+            } else {
+                sb_puts(&b, v3 ? DS_ASSISTANT : "Assistant: ");
+                sb_puts(&b, msgs[i].content);
+                sb_puts(&b, DS_EOS);
+            }
+        }
+        if (add_assistant)
+            sb_puts(&b, v3 ? DS_ASSISTANT : "Assistant:");
     } else if (!strcmp(tmpl, "zephyr")) {
         for (int i = 0; i < n; i++) {
             sb_puts(&b, "<|");
@@ -252,15 +303,19 @@ void nbi_fim_detect(nb_model *m)
     static const char *const mid[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>",
                                       "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
                                       "<MID>", "\xe2\x96\x81<MID>", NULL};
-    static const char *const sep[] = {"<|file_sep|>", NULL};
+    static const char *const sep[] = {"<|file_sep|>", "<file_sep>", NULL};
     static const char *const rep[] = {"<|repo_name|>", "<|fim_repo|>", "<fim-repo>", "<REPO>",
-                                      NULL};
+                                      "<reponame>", NULL};
     nbi_vocab *v = &m->vocab;
-    if ((v->fim_pre = meta_token(m, "tokenizer.ggml.fim_pre_token_id")) < 0)
+    /* the current keys, then the older prefix/suffix/middle ones */
+    if ((v->fim_pre = meta_token(m, "tokenizer.ggml.fim_pre_token_id")) < 0 &&
+        (v->fim_pre = meta_token(m, "tokenizer.ggml.prefix_token_id")) < 0)
         v->fim_pre = find_token(v, pre);
-    if ((v->fim_suf = meta_token(m, "tokenizer.ggml.fim_suf_token_id")) < 0)
+    if ((v->fim_suf = meta_token(m, "tokenizer.ggml.fim_suf_token_id")) < 0 &&
+        (v->fim_suf = meta_token(m, "tokenizer.ggml.suffix_token_id")) < 0)
         v->fim_suf = find_token(v, suf);
-    if ((v->fim_mid = meta_token(m, "tokenizer.ggml.fim_mid_token_id")) < 0)
+    if ((v->fim_mid = meta_token(m, "tokenizer.ggml.fim_mid_token_id")) < 0 &&
+        (v->fim_mid = meta_token(m, "tokenizer.ggml.middle_token_id")) < 0)
         v->fim_mid = find_token(v, mid);
     if ((v->fim_sep = meta_token(m, "tokenizer.ggml.fim_sep_token_id")) < 0)
         v->fim_sep = find_token(v, sep);

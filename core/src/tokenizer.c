@@ -185,11 +185,14 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
     if (v->add_eos && v->eos < 0)
         return nbi_err(err, errlen, NB_ERR_FORMAT, "the vocabulary asks for EOS but has none");
 
-    /* End-of-generation tokens: EOS, EOT, and the end-of-turn markers of
-     * common chat formats when the vocabulary marks them as control. */
+    /* End-of-generation tokens: EOS, EOT, the end-of-turn markers of
+     * common chat formats, and the tokens after which a code model's
+     * infill is over (a new file or repository begins). */
     static const char *const eog_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>",
                                             "<end_of_turn>", "<|endoftext|>", "<EOT>",
-                                            "\xe2\x96\x81<EOT>"};
+                                            "\xe2\x96\x81<EOT>", "<|EOT|>",
+                                            /* Qwen2.5-Coder ends an infill with these */
+                                            "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"};
     v->eog = nbi_malloc_array(2 + sizeof eog_names / sizeof eog_names[0], sizeof *v->eog);
     if (!v->eog)
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory loading the vocabulary");

@@ -20,6 +20,17 @@ static const char info_usage[] =
     "  -a, --all          also list every metadata key and tensor\n"
     "  -h, --help         show this help\n";
 
+/* A token as "text (id)", its text as nb_token_piece gives it. */
+static void print_token(const nb_model *m, nb_token t)
+{
+    char piece[64];
+    int n = nb_token_piece(m, t, piece, sizeof piece - 1, NB_PIECE_SPECIAL);
+    if (n < 0 || n >= (int)sizeof piece)
+        n = 0;
+    piece[n] = 0;
+    printf("%s (%d)", piece, (int)t);
+}
+
 static void human(char *buf, size_t cap, double bytes)
 {
     const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -91,7 +102,19 @@ int cmd_info(int argc, char **argv)
             printf("heads:         %d (key/value heads %d, head size %d)\n", in.n_head,
                    in.n_head_kv, in.head_dim);
             printf("feed-forward:  %d\n", in.n_ff);
-            printf("rope:          %d dimensions, base %g\n", in.n_rot, (double)in.rope_freq_base);
+            printf("rope:          %d dimensions, base %g%s", in.n_rot, (double)in.rope_freq_base,
+                   in.rope_neox ? ", NEOX layout (halves)" : "");
+            if (strcmp(in.rope_scaling, "none"))
+                printf(", %s scaling", in.rope_scaling);
+            printf("\n");
+            if (in.attn_bias || in.sliding_window) {
+                printf("attention:     ");
+                if (in.attn_bias)
+                    printf("biases on the projections%s", in.sliding_window ? ", " : "");
+                if (in.sliding_window)
+                    printf("sliding window of %d tokens", in.sliding_window);
+                printf("\n");
+            }
             printf("rms epsilon:   %g\n", (double)in.rms_eps);
             printf("context:       %d tokens (training)\n", in.n_ctx_train);
             printf("output:        %s\n", in.tied_output ? "tied to the token embedding" : "separate");
@@ -123,6 +146,29 @@ int cmd_info(int argc, char **argv)
         if (in.eos >= 0)
             printf(", EOS %d", in.eos);
         printf("\n");
+        if (in.fim_pre >= 0 && in.fim_suf >= 0 && in.fim_mid >= 0) {
+            printf("infill:        prefix ");
+            print_token(m, in.fim_pre);
+            printf(", suffix ");
+            print_token(m, in.fim_suf);
+            printf(", middle ");
+            print_token(m, in.fim_mid);
+            if (in.fim_sep >= 0) {
+                printf(", file separator ");
+                print_token(m, in.fim_sep);
+            }
+            if (in.fim_rep >= 0) {
+                printf(", repository ");
+                print_token(m, in.fim_rep);
+            }
+            printf("\n");
+        } else {
+            printf("infill:        no fill-in-the-middle tokens\n");
+        }
+        const char *chat = nb_chat_template_name(m);
+        printf("chat template: %s\n", !strcmp(chat, "raw")       ? "none (raw text)"
+                                       : !strcmp(chat, "unknown") ? "not recognised (ChatML is used)"
+                                                                  : chat);
         human(b1, sizeof b1, (double)in.weight_bytes);
         printf("parameters:    %.2f M in %s of tensors (mostly %s)\n", (double)in.n_params / 1e6, b1,
                in.file_type);
