@@ -67,7 +67,7 @@ static char *eval_text(const char *model, const char *prompt, int n)
 }
 
 static pid_t editor = -1;
-static nbt_daemon fast = {0}, slow = {0};
+static nbt_daemon fast = {0}, slow = {0}, fimd = {0};
 static char dir[64];
 
 static int teardown(void **state)
@@ -82,6 +82,8 @@ static int teardown(void **state)
         nbt_daemon_stop(&fast);
     if (slow.pid > 0)
         nbt_daemon_stop(&slow);
+    if (fimd.pid > 0)
+        nbt_daemon_stop(&fimd);
     if (dir[0]) {
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -123,6 +125,10 @@ static void test_plugin(void **state)
     assert_int_equal(nbt_run(synth, &out, &err, 120), 0);
     free(out), free(err);
     nbt_daemon_start(&slow, slow_model, NULL);
+    /* a model with fill-in-the-middle tokens (DeepSeek-Coder's vocabulary) */
+    char *fm = nbt_data_path("models/llama-bpe-random-f16.gguf");
+    nbt_daemon_start(&fimd, fm, NULL);
+    free(fm);
 
     char addr[128], result[128], nps[16];
     snprintf(addr, sizeof addr, "%s/editor.sock", dir);
@@ -130,6 +136,7 @@ static void test_plugin(void **state)
     snprintf(nps, sizeof nps, "%d", n_predict);
     setenv("NIBBLE_SOCK", fast.sock, 1);
     setenv("NIBBLE_SLOW_SOCK", slow.sock, 1);
+    setenv("NIBBLE_FIM_SOCK", fimd.sock, 1);
     setenv("NIBBLE_EXPECT", expect, 1);
     setenv("NIBBLE_N_PREDICT", nps, 1);
     setenv("NIBBLE_ADDR", addr, 1);
@@ -185,6 +192,7 @@ static void test_plugin(void **state)
                           "ok a disabled filetype sends nothing\n",
                           "ok checkhealth nibble passes\n",
                           "ok NibRewrite replaces the selection and undoes in one step\n",
+                          "ok a model with FIM tokens gets the text after the cursor too\n",
                           "ok a keystroke during a request cancels it\n"};
     for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
         if (!strstr(res, must[i]))

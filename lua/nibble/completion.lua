@@ -397,7 +397,16 @@ function M.debug(buf)
   if not s then
     return {}
   end
-  return { text = s.text, pending = s.req ~= nil, row = s.row, col = s.col, alts = #s.alts, error = s.error }
+  local infill = s.final and s.final.infill
+  return {
+    text = s.text,
+    pending = s.req ~= nil,
+    row = s.row,
+    col = s.col,
+    alts = #s.alts,
+    error = s.error,
+    fim = infill and infill.fim, -- whether the last answer used the model's FIM format
+  }
 end
 
 M.on_text_changed = timed("keystroke", M.on_text_changed)

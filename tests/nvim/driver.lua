@@ -186,6 +186,50 @@ check("NibRewrite replaces the selection and undoes in one step", function()
   eq(table.concat(lines(), "\n"), table.concat(orig, "\n"), "buffer after one undo")
 end)
 
+local fim = os.getenv("NIBBLE_FIM_SOCK")
+if fim then
+  check("a model with FIM tokens gets the text after the cursor too", function()
+    lua([[
+      local n = require("nibble")
+      require("nibble.client").close()
+      n.options.socket = ...
+      require("nibble.client").configure(n.options)
+    ]], fim)
+    input("<Esc>")
+    ex("enew! | setfiletype python")
+    local before_lines = { "def add(a, b):", "    return " }
+    local after_lines = { "", "print(add(1, 2))" }
+    lua("vim.api.nvim_buf_set_lines(0, 0, -1, false, ...)",
+      { before_lines[1], before_lines[2], after_lines[1], after_lines[2] })
+    lua("vim.api.nvim_win_set_cursor(0, { 2, 10 })")
+    input("a") -- append after "return " and type a space-free key
+    input("a")
+    wait_for("the suggestion", 20000, function()
+      local s = state()
+      return s.text and s.text ~= "" and not s.pending
+    end)
+    local s = state()
+    eq(s.fim, true, "the answer used FIM")
+    -- the daemon's own answer to the same infill
+    local o = lua("return require('nibble').options")
+    local c = assert(require("nibble.core").connect({ socket = fim, autostart = false }))
+    local text = c:call({
+      op = "infill",
+      prefix = before_lines[1] .. "\n" .. before_lines[2] .. "a",
+      suffix = "\n" .. after_lines[1] .. "\n" .. after_lines[2],
+      n_predict = o.n_predict,
+      n_prefix = o.n_prefix,
+      n_suffix = o.n_suffix,
+      temperature = 0,
+      fallback = "prefix",
+    }, 20000)
+    c:close()
+    local want = table.concat(vim.split(text, "\n", { plain = true }), "\n")
+    eq(s.text, want, "suggestion")
+    input("<Esc>")
+  end)
+end
+
 local slow = os.getenv("NIBBLE_SLOW_SOCK")
 if slow then
   check("a keystroke during a request cancels it", function()
