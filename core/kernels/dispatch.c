@@ -14,8 +14,11 @@
  *
  * The reference table is complete and constant.  nbi_kernels_get() picks
  * the table once: NIBBLE_KERNELS=ref forces the reference; otherwise the
- * first SIMD table whose CPU features are present would win, and until
- * such tables exist that is the reference as well.
+ * first SIMD table whose CPU features are present wins (AVX2+FMA+F16C on
+ * x86-64, NEON on aarch64), falling back to the reference.  Each table
+ * then adds optional extensions the CPU has (VNNI, AVX-512; dotprod), which
+ * NIBBLE_KERNELS can restrict ("avx2", "avx2+vnni", "neon"): see
+ * basic_avx2.c and all_neon.c.
  */
 #include <pthread.h>
 #include <stdint.h>
