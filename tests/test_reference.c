@@ -1,9 +1,9 @@
 /*
  * test_reference.c - agreement with llama.cpp.
  *
- * For every record of the .jsonl files in ../shared/reference (LoRA files excepted:
- * adapters come later) this runs `nibble eval` on the same model and
- * prompt and checks, with the tolerance of the model's weight type:
+ * For every record of the .jsonl files in ../shared/reference this runs
+ * `nibble eval` on the same model and prompt and checks, with the tolerance
+ * of the model's weight type:
  *  - the prompt tokens are identical;
  *  - every reference top-5 logit is matched within the tolerance;
  *  - the top-1 id is identical unless the reference's top two are closer
@@ -16,6 +16,9 @@
  * All of it at 2 threads, and 1 thread must give identical output.
  * Every reference model must load: the llama and qwen2 architectures,
  * SentencePiece and byte-level BPE vocabularies.
+ * A file named "<model>+lora-<tag>@<scale>.jsonl" was made with the adapter
+ * models/lora-*-<tag>.gguf at that scale: it runs with --lora and
+ * --lora-scale, same tolerances.
  */
 #include "testutil.h"
 
@@ -29,6 +32,10 @@
 #include "nibble.h"
 
 #define TOP_QUERY 64 /* our logits reported per position, to find any reference id */
+
+/* The adapter of the file being checked, or NULL. */
+static char *lora_path;
+static char lora_scale[32];
 
 typedef struct tolerance {
     double logit;
@@ -72,7 +79,8 @@ static json_t *run_eval_t(const char *model, const char *prompt_arg, const char 
     snprintf(top, sizeof top, "%d", TOP_QUERY);
     snprintf(gr, sizeof gr, "%d", greedy);
     char *argv[] = {(char *)nbt_bin("nibble"), "eval", "-m", (char *)model, (char *)prompt_arg,
-                    (char *)prompt, "--json", "--top", top, "--greedy", gr, "-t", (char *)threads, NULL};
+                    (char *)prompt, "--json", "--top", top, "--greedy", gr, "-t", (char *)threads,
+                    lora_path ? "--lora" : NULL, lora_path, "--lora-scale", lora_scale, NULL};
     char *out = NULL;
     *rc = nbt_run(argv, &out, stderr_out, 120);
     json_error_t jerr;
@@ -225,10 +233,43 @@ static void check_record(const char *model, json_t *ref, int ref_text_valid, tol
     json_decref(o);
 }
 
+/* For "<model>+lora-<tag>@<scale>.jsonl": the path of models/lora-*-<tag>.gguf
+ * into lora_path and the scale into lora_scale; lora_path NULL otherwise. */
+static void find_lora(const char *path)
+{
+    lora_path = NULL;
+    const char *l = strstr(path, "+lora-");
+    if (!l)
+        return;
+    char tag[64];
+    const char *at = strchr(l, '@'), *dot = strstr(l, ".jsonl");
+    if (!at || !dot || at - (l + 6) >= (ptrdiff_t)sizeof tag - 6 || dot - at - 1 >= 31)
+        fail_msg("%s: cannot read the adapter tag and scale from the name", path);
+    snprintf(tag, sizeof tag, "-%.*s.gguf", (int)(at - (l + 6)), l + 6);
+    snprintf(lora_scale, sizeof lora_scale, "%.*s", (int)(dot - at - 1), at + 1);
+    char *dir = nbt_data_path("models");
+    DIR *d = dir ? opendir(dir) : NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t n = strlen(e->d_name), t = strlen(tag);
+        if (!strncmp(e->d_name, "lora-", 5) && n > t && !strcmp(e->d_name + n - t, tag)) {
+            lora_path = malloc(strlen(dir) + n + 2);
+            sprintf(lora_path, "%s/%s", dir, e->d_name);
+            break;
+        }
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    if (!lora_path)
+        fail_msg("%s: no models/lora-*%s", path, tag);
+}
+
 static void test_reference_file(void **state)
 {
     const char *path = *state;
     NBT_REQUIRE_DATA();
+    find_lora(path);
     size_t len;
     char *text = nbt_read_file(path, &len);
     assert_non_null(text);
@@ -264,6 +305,8 @@ static void test_reference_file(void **state)
         check_record(model, ref, valid, tol, &st);
         json_decref(ref);
     }
+    free(lora_path);
+    lora_path = NULL;
     printf("    %-36s %-5s %d prompts, max logit diff %.4f (tol %.2f), greedy exact %d/%d, "
                "near-ties %d\n",
                strrchr(path, '/') + 1, model_type, st.records, st.max_diff, tol.logit,
@@ -288,7 +331,7 @@ int main(void)
         struct dirent *e;
         while ((e = readdir(d)) && n < 256) {
             size_t l = strlen(e->d_name);
-            if (l > 6 && !strcmp(e->d_name + l - 6, ".jsonl") && !strstr(e->d_name, "+lora")) {
+            if (l > 6 && !strcmp(e->d_name + l - 6, ".jsonl")) {
                 files[n] = malloc(strlen(dir) + l + 2);
                 sprintf(files[n], "%s/%s", dir, e->d_name);
                 n++;

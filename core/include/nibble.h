@@ -392,6 +392,35 @@ NB_API const float *nb_ctx_logits(const nb_ctx *c, int i);
 NB_API const char *nb_ctx_errmsg(const nb_ctx *c);
 
 /* ------------------------------------------------------------------ */
+/* LoRA adapters                                                       */
+
+/* A LoRA adapter in llama.cpp's GGUF format (general.type = adapter,
+ * adapter.type = lora), loaded for one model.  Applied without merging:
+ * each adapted weight computes W.x + scale.B.(A.x), the model untouched. */
+typedef struct nb_lora nb_lora;
+
+/* Load the adapter at path for model m (which must outlive it).  Every
+ * "<name>.lora_a"/".lora_b" pair (F32, F16 or Q8_0) is checked against the
+ * model's tensor <name> and the architecture against the model's:
+ * NB_ERR_INVALID when they do not fit, NB_ERR_FORMAT when the file is not
+ * an adapter, NB_ERR_UNSUPPORTED for a weight nibble cannot adapt; err
+ * holds a one-line message.  The adapter's tensors are copied, the file
+ * closed. */
+NB_API nb_status nb_lora_open(const nb_model *m, const char *path, nb_lora **out, char *err,
+                              size_t errlen);
+NB_API void nb_lora_close(nb_lora *a);
+/* Number of weights the adapter changes. */
+NB_API int nb_lora_n_pairs(const nb_lora *a);
+
+/* Apply adapters[i] with scales[i] (llama.cpp's rule: the effective factor
+ * is scale * alpha / rank, or scale when the adapter's alpha is 0) to
+ * every later decode of c, replacing any earlier set; n = 0 removes them.
+ * The adapters must be opened for c's model and outlive their use; the
+ * array is copied.  NB_ERR_INVALID for n < 0 or n > 64, NB_ERR_NOMEM. */
+NB_API nb_status nb_ctx_set_lora(nb_ctx *c, nb_lora *const *adapters, const float *scales,
+                                 int n);
+
+/* ------------------------------------------------------------------ */
 /* Sampling                                                            */
 
 typedef struct nb_sampler nb_sampler;

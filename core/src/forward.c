@@ -65,6 +65,10 @@ struct nb_ctx {
     int (*abort_fn)(void *);
     void *abort_data;
     int batch_base;    /* n_past when the current nb_decode_batch began */
+    nbi_lora_use *lora; /* adapters applied to this context's tokens */
+    int n_lora;
+    const nbi_lora_use *pass_lora; /* those of the pass ws is evaluating */
+    int pass_n_lora;
     char errmsg[256];
 };
 
@@ -194,6 +198,7 @@ void nb_ctx_free(nb_ctx *c)
     free(c->logits);
     free(c->out);
     free(c->row_buf);
+    free(c->lora);
     free(c);
 }
 
@@ -329,6 +334,8 @@ static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float 
 {
     matmul_job j = {.c = c, .x = x, .B = B, .n_w = 1, .W = {W}, .y = {y}, .first = {0, W->ne[1]}};
     matmul_run(&j);
+    if (c->pass_n_lora)
+        nbi_lora_apply(c->pass_lora, c->pass_n_lora, W, x, B, y);
 }
 
 /* Whether the weights can share one conversion of their input. */
@@ -345,7 +352,7 @@ static int same_input(const nbi_tensor *const *W, int n)
 static void matmul_qkv(nb_ctx *c, const nbi_layer *L, const float *x, int B)
 {
     const nbi_tensor *W[3] = {L->wq, L->wk, L->wv};
-    if (!same_input(W, 3)) {
+    if (c->pass_n_lora || !same_input(W, 3)) {
         matmul(c, L->wq, x, B, c->q);
         matmul(c, L->wk, x, B, c->kcur);
         matmul(c, L->wv, x, B, c->vcur);
@@ -362,7 +369,7 @@ static void matmul_qkv(nb_ctx *c, const nbi_layer *L, const float *x, int B)
 static void matmul_glu(nb_ctx *c, const nbi_layer *L, const float *x, int B)
 {
     const nbi_tensor *W[2] = {L->w_gate, L->w_up};
-    if (!same_input(W, 2)) {
+    if (c->pass_n_lora || !same_input(W, 2)) {
         matmul(c, L->w_gate, x, B, c->h1);
         matmul(c, L->w_up, x, B, c->h2);
         for (int t = 0; t < B; t++)
@@ -502,6 +509,9 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
     const size_t embd_row_size = nbi_row_size(m->tok_embd->type, E);
 
     c->rows = rows;
+    /* nb_decode_batch lets only contexts with the same adapters share a pass */
+    c->pass_lora = rows[0].ctx->lora;
+    c->pass_n_lora = rows[0].ctx->n_lora;
     for (int t = 0; t < B; t++) {
         embd_row((const char *)m->tok_embd->data + (size_t)rows[t].tok * embd_row_size,
                  c->x + (size_t)t * E, E);
@@ -620,6 +630,17 @@ static nb_status check_tokens(nb_ctx *c, const nb_token *tokens, int n)
     return NB_OK;
 }
 
+/* Whether two contexts apply the same adapters with the same scales. */
+static int same_lora(const nb_ctx *a, const nb_ctx *b)
+{
+    if (a->n_lora != b->n_lora)
+        return 0;
+    for (int i = 0; i < a->n_lora; i++)
+        if (a->lora[i].lora != b->lora[i].lora || a->lora[i].scale != b->lora[i].scale)
+            return 0;
+    return 1;
+}
+
 nb_status nb_decode_batch(nb_ctx *ws, nb_batch_item *items, int n_items)
 {
     if (n_items <= 0 || !items || !items[0].ctx)
@@ -636,6 +657,10 @@ nb_status nb_decode_batch(nb_ctx *ws, nb_batch_item *items, int n_items)
             if (items[j].ctx == c)
                 return nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_INVALID,
                                "batch item %d: a context may appear once per batch", i);
+        if (!same_lora(c, items[0].ctx))
+            return nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_INVALID,
+                           "batch item %d: contexts with different LoRA adapters cannot share "
+                           "a batch", i);
         c->errmsg[0] = 0;
         if ((st = check_tokens(c, items[i].tokens, items[i].n)))
             return st;
@@ -712,4 +737,35 @@ const float *nb_ctx_logits(const nb_ctx *c, int i)
     if (row < 0 || row >= c->n_logits)
         return NULL;
     return c->logits + (size_t)row * c->m->hp.n_vocab;
+}
+
+nb_status nb_ctx_set_lora(nb_ctx *c, nb_lora *const *adapters, const float *scales, int n)
+{
+    if (n < 0 || n > 64 || (n && (!adapters || !scales)))
+        return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID,
+                       "%d adapters (0..64, with their scales)", n);
+    nbi_lora_use *u = NULL;
+    if (n) {
+        u = nbi_malloc_array((size_t)n, sizeof *u);
+        if (!u)
+            return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < n; i++) {
+            if (!adapters[i]) {
+                free(u);
+                return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID,
+                               "adapter %d is NULL", i);
+            }
+            if (adapters[i]->m != c->m) {
+                free(u);
+                return nbi_err(c->errmsg, sizeof c->errmsg, NB_ERR_INVALID,
+                               "adapter %d was opened for another model", i);
+            }
+            u[i].lora = adapters[i];
+            u[i].scale = scales[i];
+        }
+    }
+    free(c->lora);
+    c->lora = u;
+    c->n_lora = n;
+    return NB_OK;
 }

@@ -432,4 +432,29 @@ struct nb_model {
     float *vectors;               /* norms, biases and rope factors, as F32 */
 };
 
+/* ------------------------------------------------------------------ lora.c */
+
+typedef struct nbi_lora_pair {
+    const nbi_tensor *w;          /* the adapted weight of the model */
+    int rank;
+    float *a;                     /* (n_in, rank): rank rows of n_in */
+    float *b;                     /* (rank, n_out): n_out rows of rank */
+} nbi_lora_pair;
+
+struct nb_lora {
+    const nb_model *m;            /* the model it was opened for */
+    float alpha;                  /* adapter.lora.alpha; 0 = scale as given */
+    nbi_lora_pair *pairs;
+    int n_pairs;
+};
+
+typedef struct nbi_lora_use {
+    const nb_lora *lora;
+    float scale;
+} nbi_lora_use;
+
+/* y (B, W->ne[1]) += scale * B.(A.x) for each adapter's pair adapting W. */
+void nbi_lora_apply(const nbi_lora_use *u, int n_use, const nbi_tensor *W, const float *x,
+                    int B, float *y);
+
 #endif /* NIBBLE_INTERNAL_H */

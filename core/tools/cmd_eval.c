@@ -30,11 +30,13 @@ static const char eval_usage[] =
     "                      the end-of-text token, which is included\n"
     "  -c, --ctx-size N    context size (default: prompt + N, at least 512)\n"
     "  -t, --threads N     threads (default: the physical core count)\n"
+    "      --lora FILE     apply a LoRA adapter (llama.cpp GGUF); may be repeated\n"
+    "      --lora-scale S  scale of the preceding --lora (default 1.0)\n"
     "      --no-bos        do not add the beginning-of-text token\n"
     "      --json          one JSON line: {model, prompt, tokens, top, greedy, text}\n"
     "  -h, --help          show this help\n";
 
-enum { OPT_TOP = 256, OPT_GREEDY, OPT_JSON, OPT_NO_BOS, OPT_TOKENS };
+enum { OPT_TOP = 256, OPT_GREEDY, OPT_JSON, OPT_NO_BOS, OPT_TOKENS, OPT_LORA, OPT_LORA_SCALE };
 
 /* Parse "1,2 3" into ids; returns the count or -1 on a malformed list. */
 static int64_t parse_ids(const char *s, nb_token **out)
@@ -93,8 +95,11 @@ int cmd_eval(int argc, char **argv)
         {"threads", required_argument, 0, 't'}, {"top", required_argument, 0, OPT_TOP},
         {"greedy", required_argument, 0, OPT_GREEDY}, {"json", no_argument, 0, OPT_JSON},
         {"no-bos", no_argument, 0, OPT_NO_BOS}, {"tokens", required_argument, 0, OPT_TOKENS},
+        {"lora", required_argument, 0, OPT_LORA},
+        {"lora-scale", required_argument, 0, OPT_LORA_SCALE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
+    tool_lora lora = {0};
     const char *model_path = getenv("NIBBLE_MODEL"), *prompt = NULL, *prompt_file = NULL;
     const char *id_list = NULL;
     long k = 5, n_greedy = 40, n_ctx = 0, n_threads = 0;
@@ -125,6 +130,11 @@ int cmd_eval(int argc, char **argv)
         case OPT_JSON: json = 1; break;
         case OPT_NO_BOS: add_bos = 0; break;
         case OPT_TOKENS: id_list = optarg; break;
+        case OPT_LORA:
+        case OPT_LORA_SCALE:
+            if (tool_lora_arg(&lora, "eval", c == OPT_LORA_SCALE, optarg))
+                return EXIT_USAGE;
+            break;
         case 'h': fputs(eval_usage, stdout); return EXIT_OK;
         default: return tool_usage_error("eval", "unknown option");
         }
@@ -187,6 +197,8 @@ int cmd_eval(int argc, char **argv)
         tool_error("%s", errbuf);
         goto done;
     }
+    if (tool_lora_attach(&lora, m, ctx))
+        goto done;
     if (n_prompt + n_greedy > nb_ctx_n_ctx(ctx)) {
         tool_error("prompt (%lld tokens) plus %ld greedy tokens exceed the %d-token context",
                    (long long)n_prompt, n_greedy, nb_ctx_n_ctx(ctx));
@@ -291,6 +303,7 @@ done:
     free(best);
     free(toks);
     nb_ctx_free(ctx);
+    tool_lora_free(&lora);
     nb_model_close(m);
     free(file_text);
     return rc;

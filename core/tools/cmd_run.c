@@ -40,6 +40,8 @@ static const char run_usage[] =
     "      --no-bos            do not add the beginning-of-text token\n"
     "      --no-special        treat text like </s> in the prompt as plain text\n"
     "      --echo              print the prompt before the generated text\n"
+    "      --lora FILE         apply a LoRA adapter (llama.cpp GGUF); may be repeated\n"
+    "      --lora-scale S      scale of the preceding --lora (default 1.0)\n"
     "  -v, --verbose           print timings and the seed to stderr\n"
     "  -h, --help              show this help\n"
     "\n"
@@ -62,7 +64,8 @@ static double now_s(void)
 
 enum {
     OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPEAT, OPT_REPEAT_N, OPT_FREQ,
-    OPT_PRESENCE, OPT_STOP, OPT_IGNORE_EOS, OPT_NO_BOS, OPT_NO_SPECIAL, OPT_ECHO
+    OPT_PRESENCE, OPT_STOP, OPT_IGNORE_EOS, OPT_NO_BOS, OPT_NO_SPECIAL, OPT_ECHO, OPT_LORA,
+    OPT_LORA_SCALE
 };
 
 static void write_out(const char *s, size_t n)
@@ -91,6 +94,8 @@ int cmd_run(int argc, char **argv)
         {"no-bos", no_argument, 0, OPT_NO_BOS},
         {"no-special", no_argument, 0, OPT_NO_SPECIAL},
         {"echo", no_argument, 0, OPT_ECHO},
+        {"lora", required_argument, 0, OPT_LORA},
+        {"lora-scale", required_argument, 0, OPT_LORA_SCALE},
         {"verbose", no_argument, 0, 'v'},          {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *model_path = getenv("NIBBLE_MODEL"), *prompt = NULL, *prompt_file = NULL;
@@ -99,6 +104,7 @@ int cmd_run(int argc, char **argv)
     long n_predict = 256, n_ctx = 0, n_threads = 0;
     int have_seed = 0, ignore_eos = 0, add_bos = 1, parse_special = 1, echo = 0, verbose = 0;
     unsigned long long seed = 0;
+    tool_lora lora = {0};
     nb_sampler_params sp = nb_sampler_default_params();
     long lv;
     double dv;
@@ -184,6 +190,11 @@ int cmd_run(int argc, char **argv)
         case OPT_NO_BOS: add_bos = 0; break;
         case OPT_NO_SPECIAL: parse_special = 0; break;
         case OPT_ECHO: echo = 1; break;
+        case OPT_LORA:
+        case OPT_LORA_SCALE:
+            if (tool_lora_arg(&lora, "run", c == OPT_LORA_SCALE, optarg))
+                return EXIT_USAGE;
+            break;
         case 'v': verbose = 1; break;
         case 'h': fputs(run_usage, stdout); return EXIT_OK;
         default: return tool_usage_error("run", "unknown option");
@@ -244,6 +255,8 @@ int cmd_run(int argc, char **argv)
         tool_error("%s", errbuf);
         goto done;
     }
+    if (tool_lora_attach(&lora, m, ctx))
+        goto done;
     if (n_prompt > nb_ctx_n_ctx(ctx)) {
         tool_error("the prompt is %lld tokens, longer than the %d-token context (use -c)",
                    (long long)n_prompt, nb_ctx_n_ctx(ctx));
@@ -345,6 +358,7 @@ done:
     nb_stopper_free(stopper);
     nb_sampler_free(smp);
     nb_ctx_free(ctx);
+    tool_lora_free(&lora);
     nb_model_close(m);
     free(toks);
     free(file_text);

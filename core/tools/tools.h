@@ -34,6 +34,21 @@ int parse_u64(const char *s, unsigned long long *out);
 /* Read a whole file (or "-" for stdin); malloc'd, NUL-terminated. */
 char *read_all(const char *path, size_t *len);
 
+/* --lora FILE [--lora-scale S], repeatable (run, eval). */
+#define TOOL_MAX_LORA 16
+typedef struct tool_lora {
+    const char *path[TOOL_MAX_LORA];
+    float scale[TOOL_MAX_LORA];
+    nb_lora *lora[TOOL_MAX_LORA];
+    int n;
+} tool_lora;
+/* One option: is_scale = 0 for --lora, 1 for --lora-scale.  0 when taken,
+ * else EXIT_USAGE after the message. */
+int tool_lora_arg(tool_lora *l, const char *sub, int is_scale, const char *arg);
+/* Open the adapters for m and set them on ctx; -1 after a message. */
+int tool_lora_attach(tool_lora *l, const nb_model *m, nb_ctx *ctx);
+void tool_lora_free(tool_lora *l);
+
 /* Open a model with a message on failure (NULL then). */
 nb_model *open_model(const char *path, int vocab_only);
 
