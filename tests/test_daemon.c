@@ -116,24 +116,6 @@ static long long num(json_t *o, const char *k)
 
 /* ------------------------------------------------------------------ agreement */
 
-static char *eval_text(const char *m, const char *prompt, int n)
-{
-    char ns[16];
-    snprintf(ns, sizeof ns, "%d", n);
-    char *argv[] = {(char *)nbt_bin("nibble"), "eval", "-m", (char *)m, "-p", (char *)prompt,
-                    "--greedy", ns, "--json", NULL};
-    char bin[4096];
-    snprintf(bin, sizeof bin, "%s", argv[0]);
-    argv[0] = bin;
-    char *out, *err;
-    assert_int_equal(nbt_run(argv, &out, &err, 60), 0);
-    json_t *j = json_loads(out, 0, NULL);
-    char *text = strdup(str(j, "text"));
-    json_decref(j);
-    free(out), free(err);
-    return text;
-}
-
 static void test_agreement(void **state)
 {
     (void)state;
@@ -147,7 +129,7 @@ static void test_agreement(void **state)
         start(&d, m, NULL);
         nb_client *c = connect_to(d.sock);
         for (int pi = 0; pi < 3; pi++) {
-            char *want = eval_text(m, prompts[pi], 40);
+            char *want = nbt_eval_text(m, prompts[pi], 40);
             send_json(c, "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"%s\",\"n_predict\":40,"
                          "\"temperature\":0}", pi, prompts[pi]);
             char *got;

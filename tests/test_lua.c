@@ -39,19 +39,6 @@ static char config_dir[64];
 
 /* ------------------------------------------------------------------ set-up */
 
-static int find_in_path(const char *name, char *buf, size_t cap)
-{
-    const char *path = getenv("PATH");
-    char dirs[8192];
-    snprintf(dirs, sizeof dirs, "%s", path && *path ? path : "/usr/bin:/bin");
-    for (char *save, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(buf, cap, "%s/%s", *d ? d : ".", name);
-        if (access(buf, X_OK) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* The module for an interpreter: $var, else the default place. */
 static int module_cpath(const char *var, const char *fallback, char *cpath, size_t cap)
 {
@@ -82,7 +69,7 @@ static void find_interpreters(void)
              bin && *bin ? bin : "build/bin");
     interp *in = &interps[n_interps];
     in->name = "lua5.4";
-    if (!find_in_path("lua5.4", in->bin, sizeof in->bin))
+    if (!nbt_find_program("lua5.4", in->bin, sizeof in->bin))
         printf("note: no lua5.4 interpreter (apt-get install lua5.4): Lua 5.4 not tested\n");
     else if (!module_cpath("NIBBLE_LUA54_MODULE", fallback, in->cpath, sizeof in->cpath))
         printf("note: the Lua 5.4 module is not built: Lua 5.4 not tested\n");
@@ -91,7 +78,7 @@ static void find_interpreters(void)
     snprintf(fallback, sizeof fallback, "%s/lua/nibble/core.so", src);
     in = &interps[n_interps];
     in->name = "luajit";
-    if (!find_in_path("luajit", in->bin, sizeof in->bin))
+    if (!nbt_find_program("luajit", in->bin, sizeof in->bin))
         printf("note: no luajit interpreter (apt-get install luajit): LuaJIT not tested\n");
     else if (!module_cpath("NIBBLE_LUAJIT_MODULE", fallback, in->cpath, sizeof in->cpath))
         printf("note: the LuaJIT module is not built: LuaJIT not tested\n");
@@ -232,25 +219,6 @@ static char *run_nibble(char **argv)
         fail_msg("nibble %s: exit %d: %s", argv[1], rc, err);
     free(err);
     return out;
-}
-
-/* `nibble eval --greedy n --json`'s continuation text. */
-static char *eval_text(const char *m, const char *prompt, int n)
-{
-    char ns[16];
-    snprintf(ns, sizeof ns, "%d", n);
-    char *argv[] = {NULL,  "eval",    "-m", (char *)m, "-p", (char *)prompt,
-                    "--greedy", ns, "--json", NULL};
-    char *out = run_nibble(argv);
-    json_t *j = json_loads(out, 0, NULL);
-    assert_non_null(j);
-    const char *t = json_string_value(json_object_get(j, "text"));
-    assert_non_null(t);
-    char *text = strdup(t);
-    json_decref(j);
-    free(out);
-    assert_true(strlen(text) > 0);
-    return text;
 }
 
 /* `nibble tokenize [flag] TEXT`'s ids, without the newline. */
@@ -441,7 +409,7 @@ static void test_generate(void **state)
                  {"stories260K-wide-q4_k_m.gguf", "The little dog was sad because", 30}};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         char *m = model(cases[c].model);
-        char *want = eval_text(m, cases[c].prompt, cases[c].n);
+        char *want = nbt_eval_text(m, cases[c].prompt, cases[c].n);
         char ns[16];
         snprintf(ns, sizeof ns, "%d", cases[c].n);
         const char *args[] = {"generate.lua", m, cases[c].prompt, ns, NULL};
@@ -465,7 +433,7 @@ static void test_one_liner(void **state)
     NBT_REQUIRE_DATA();
     REQUIRE_LUA();
     char *m = model("stories260K.gguf");
-    char *want = eval_text(m, "Once upon a time", 20);
+    char *want = nbt_eval_text(m, "Once upon a time", 20);
     char code[4608];
     for (int i = 0; i < n_interps; i++) {
         snprintf(code, sizeof code,
@@ -496,7 +464,7 @@ static void test_lifecycle(void **state)
     NBT_REQUIRE_DATA();
     REQUIRE_LUA();
     char *m = model("stories260K.gguf");
-    char *want = eval_text(m, "Once upon a time", 20);
+    char *want = nbt_eval_text(m, "Once upon a time", 20);
     const char *args[] = {"lifecycle.lua", m, "Once upon a time", "20", NULL};
     for (int i = 0; i < n_interps; i++) {
         double t0 = now_ms();
@@ -532,7 +500,7 @@ static void test_client(void **state)
     REQUIRE_LUA();
     char *m = model("stories260K.gguf");
     const char *pa = "Once upon a time", *pb = "The little dog was sad because";
-    char *want_a = eval_text(m, pa, 30), *want_b = eval_text(m, pb, 30);
+    char *want_a = nbt_eval_text(m, pa, 30), *want_b = nbt_eval_text(m, pb, 30);
     char *want_tok = cli_tokens(m, pa, NULL);
     daemon_t d;
     start(&d, m);

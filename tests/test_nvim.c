@@ -23,22 +23,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static int have_program(const char *name)
-{
-    const char *path = getenv("PATH");
-    if (!path)
-        return 0;
-    char *dup = strdup(path), *save = NULL;
-    int found = 0;
-    for (char *d = strtok_r(dup, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
-        char p[4096];
-        snprintf(p, sizeof p, "%s/%s", *d ? d : ".", name);
-        found = access(p, X_OK) == 0;
-    }
-    free(dup);
-    return found;
-}
-
 static const char *src_dir(void)
 {
     static char buf[4096];
@@ -46,24 +30,6 @@ static const char *src_dir(void)
     if (s && *s)
         return s;
     return getcwd(buf, sizeof buf) ? buf : ".";
-}
-
-/* The greedy continuation of prompt by nibble eval. */
-static char *eval_text(const char *model, const char *prompt, int n)
-{
-    char ns[16];
-    snprintf(ns, sizeof ns, "%d", n);
-    char bin[4096];
-    snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
-    char *argv[] = {bin, "eval", "-m", (char *)model, "-p", (char *)prompt, "--greedy", ns, "--json", NULL};
-    char *out, *err;
-    assert_int_equal(nbt_run(argv, &out, &err, 60), 0);
-    json_t *j = json_loads(out, 0, NULL);
-    assert_non_null(j);
-    char *text = strdup(json_string_value(json_object_get(j, "text")));
-    json_decref(j);
-    free(out), free(err);
-    return text;
 }
 
 static pid_t editor = -1;
@@ -98,7 +64,8 @@ static void test_plugin(void **state)
 {
     (void)state;
     NBT_REQUIRE_DATA();
-    if (!have_program("nvim")) {
+    char nvim[4096];
+    if (!nbt_find_program("nvim", nvim, sizeof nvim)) {
         printf("    skipped: nvim is not installed (Debian: apt-get install neovim)\n");
         return;
     }
@@ -112,8 +79,7 @@ static void test_plugin(void **state)
     char *m = nbt_data_path("models/stories260K.gguf");
     nbt_daemon_start(&fast, m, NULL);
     const int n_predict = 16;
-    char *expect = eval_text(m, "Once upon a time", n_predict);
-    assert_true(strlen(expect) > 0);
+    char *expect = nbt_eval_text(m, "Once upon a time", n_predict);
 
     /* a random model slow enough to interrupt (tens of ms per token) */
     char slow_model[128], *out, *err;
@@ -165,19 +131,7 @@ static void test_plugin(void **state)
         usleep(10000);
     assert_int_equal(stat(addr, &st), 0);
 
-    char nvim[] = "nvim";
     char *argv[] = {nvim, "--headless", "-u", "NONE", "-i", "NONE", "-n", "--cmd", rtp, "-c", drv, NULL};
-    /* nbt_run wants a path */
-    char path[4096] = "";
-    const char *p = getenv("PATH");
-    char *dup = strdup(p ? p : ""), *save = NULL;
-    for (char *d = strtok_r(dup, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof path, "%s/nvim", d);
-        if (access(path, X_OK) == 0)
-            break;
-    }
-    free(dup);
-    argv[0] = path;
     int rc = nbt_run(argv, &out, &err, 120);
     char *res = nbt_read_file(result, NULL);
     printf("%s", res ? res : "    (no results)\n");

@@ -47,18 +47,8 @@ static double now_ms(void)
 
 static int have_vim(void)
 {
-    const char *path = getenv("PATH");
-    if (!path)
-        return 0;
-    char *p = strdup(path), *save = NULL;
-    int found = 0;
-    for (char *d = strtok_r(p, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
-        char f[4096];
-        snprintf(f, sizeof f, "%s/vim", *d ? d : ".");
-        found = access(f, X_OK) == 0;
-    }
-    free(p);
-    return found;
+    char path[4096];
+    return nbt_find_program("vim", path, sizeof path);
 }
 
 /* vim-tiny has no +eval, +channel or +textprop: it could not even say so. */
@@ -304,19 +294,7 @@ static int ends_with(const char *s, const char *tail)
 /* The model's greedy continuation of a prompt, from nibble eval. */
 static char *greedy(const char *prompt)
 {
-    char ns[16], bin[4096];
-    snprintf(ns, sizeof ns, "%d", N_PREDICT);
-    snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
-    char *argv[] = {bin, "eval", "-m", T.model, "-p", (char *)prompt, "--greedy", ns, "--json",
-                    NULL};
-    char *out, *err;
-    assert_int_equal(nbt_run(argv, &out, &err, 60), 0);
-    json_t *j = json_loads(out, 0, NULL);
-    assert_non_null(j);
-    char *text = strdup(str(j, "text"));
-    json_decref(j);
-    free(out), free(err);
-    return text;
+    return nbt_eval_text(T.model, prompt, N_PREDICT);
 }
 
 /* Virtual text: one property for the first line (when not empty), one

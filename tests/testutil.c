@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "nibble.h"
 
 static int is_dir(const char *p)
@@ -322,4 +324,38 @@ int nbt_daemon_stop(nbt_daemon *d)
     rmdir(run);
     rmdir(d->dir);
     return status;
+}
+
+int nbt_find_program(const char *name, char *buf, size_t cap)
+{
+    const char *path = getenv("PATH");
+    char dirs[8192];
+    snprintf(dirs, sizeof dirs, "%s", path && *path ? path : "/usr/bin:/bin");
+    for (char *save, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(buf, cap, "%s/%s", *d ? d : ".", name);
+        if (access(buf, X_OK) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+char *nbt_eval_text(const char *model, const char *prompt, int n)
+{
+    char ns[16], bin[4096];
+    snprintf(ns, sizeof ns, "%d", n);
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
+    char *argv[] = {bin, "eval", "-m", (char *)model, "-p", (char *)prompt, "--greedy", ns, "--json", NULL};
+    char *out = NULL, *err = NULL;
+    int rc = nbt_run(argv, &out, &err, 60);
+    if (rc != 0)
+        fail_msg("nibble eval: exit %d: %s", rc, err ? err : "");
+    json_t *j = json_loads(out, 0, NULL);
+    assert_non_null(j);
+    const char *t = json_string_value(json_object_get(j, "text"));
+    assert_non_null(t);
+    char *text = strdup(t);
+    json_decref(j);
+    free(out), free(err);
+    assert_true(strlen(text) > 0);
+    return text;
 }

@@ -45,6 +45,14 @@ char *nbt_write_temp(const void *data, size_t len, const char *suffix);
  * be run.  timeout_s > 0 kills the child after that many seconds. */
 int nbt_run(char *const argv[], char **out, char **err, int timeout_s);
 
+/* The first executable name on $PATH, its path written into buf; 0 when
+ * there is none. */
+int nbt_find_program(const char *name, char *buf, size_t cap);
+
+/* The continuation `nibble eval -m MODEL -p PROMPT --greedy N --json`
+ * reports (malloc'd, not empty); the test fails when eval does. */
+char *nbt_eval_text(const char *model, const char *prompt, int n);
+
 /* A private nibd: started on a socket in a fresh temporary directory with
  * --config /dev/null, -t 2 and the extra arguments (NULL-terminated, may
  * be NULL), and waited for until it answers; the test fails otherwise.
