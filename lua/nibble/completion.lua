@@ -328,7 +328,6 @@ function M.accept(kind)
     s.text, s.row, s.col, s.line_head = rest, row, col, line:sub(1, col)
     s.alts = { { text = rest, done = true } }
     s.alt = 1
-    s.tick = api.nvim_buf_get_changedtick(buf)
     render(buf, s)
   end
   s.tick = api.nvim_buf_get_changedtick(buf)
