@@ -5,9 +5,12 @@
  */
 #include "testutil.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "gguf_builder.h"
 #include "nibble.h"
 
 #define ADAPTER "models/lora-stories260K-wide-r8.gguf"
@@ -167,12 +170,344 @@ static void test_cli(void **state)
     free(lora);
 }
 
+/* Type of the named tensor of a GGUF file, -1 when absent. */
+static int tensor_type(const char *path, const char *name)
+{
+    nb_gguf *g = NULL;
+    char err[256];
+    if (nb_gguf_open(path, &g, err, sizeof err))
+        fail_msg("%s: %s", path, err);
+    int type = -1;
+    for (int64_t i = 0; i < nb_gguf_n_tensors(g); i++)
+        if (!strcmp(nb_gguf_tensor_name(g, i), name))
+            type = nb_gguf_tensor_type(g, i);
+    nb_gguf_close(g);
+    return type;
+}
+
+static int run_merge(char **extra, int n_extra, char **errs)
+{
+    char *argv[16] = {(char *)nbt_bin("nibble"), "lora-merge"};
+    int n = 2;
+    for (int i = 0; i < n_extra; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    return nbt_run(argv, NULL, errs, 120);
+}
+
+/* nibble lora-merge, then the merged model alone: the same logits as the
+ * base with the adapter applied unmerged, within 0.05. */
+static void test_merge(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *base = nbt_data_path("models/stories260K-wide-f32.gguf"), *lora = nbt_data_path(ADAPTER);
+    char *out = nbt_write_temp("", 0, ".gguf"), *errs = NULL;
+    char *args[] = {"--lora-scale", "0.7", "-t", "2", base, lora, out};
+    assert_int_equal(run_merge(args, 7, &errs), 0);
+    free(errs);
+    assert_int_equal(tensor_type(out, "blk.0.attn_q.weight"), NB_TYPE_F32);
+
+    nb_model *m = open_model("models/stories260K-wide-f32.gguf");
+    nb_model *merged = NULL;
+    char err[256];
+    assert_int_equal(nb_model_open(out, NULL, &merged, err, sizeof err), NB_OK);
+    nb_lora *a = NULL;
+    assert_int_equal(open_lora(m, ADAPTER, &a, err, sizeof err), NB_OK);
+    int n = nb_model_n_vocab(m);
+    float *plain = last_logits(m, NULL, 0), *unmerged = last_logits(m, a, 0.7f),
+          *folded = last_logits(merged, NULL, 0);
+    float dmax = 0, dbase = 0;
+    for (int i = 0; i < n; i++) {
+        float d = folded[i] - unmerged[i], e = folded[i] - plain[i];
+        dmax = fmaxf(dmax, fabsf(d));
+        dbase = fmaxf(dbase, fabsf(e));
+    }
+    print_message("merged vs unmerged: max |d logit| %.6f (vs the base: %.3f)\n", dmax, dbase);
+    assert_true(dmax <= 0.05f);
+    assert_true(dbase > 0.5f); /* the adapter changed something, and it survived */
+    free(plain);
+    free(unmerged);
+    free(folded);
+    nb_lora_close(a);
+    nb_model_close(merged);
+    nb_model_close(m);
+    free(base);
+    free(lora);
+    unlink(out);
+    free(out);
+}
+
+/* A quantized base: merged weights become F16 unless TYPE says otherwise;
+ * untouched tensors keep their type.  Refusals with messages. */
+static void test_merge_types_and_errors(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *q4 = nbt_data_path("models/stories260K-wide-q4_0.gguf"), *lora = nbt_data_path(ADAPTER);
+    char *small = nbt_data_path("models/stories260K.gguf");
+    char *out = nbt_write_temp("", 0, ".gguf"), *errs = NULL;
+    int q4_type = tensor_type(q4, "blk.0.attn_q.weight");
+    assert_int_equal(q4_type, NB_TYPE_Q4_0);
+
+    char *a1[] = {q4, lora, out};
+    assert_int_equal(run_merge(a1, 3, &errs), 0);
+    free(errs);
+    assert_int_equal(tensor_type(out, "blk.0.attn_q.weight"), NB_TYPE_F16);
+    assert_int_equal(tensor_type(out, "token_embd.weight"),
+                     tensor_type(q4, "token_embd.weight"));
+
+    char *a2[] = {q4, lora, out, "q8_0"};
+    assert_int_equal(run_merge(a2, 4, &errs), 0);
+    free(errs);
+    assert_int_equal(tensor_type(out, "blk.0.attn_q.weight"), NB_TYPE_Q8_0);
+
+    char *a3[] = {q4, lora, out, "Q9_9"};
+    assert_int_equal(run_merge(a3, 4, &errs), 2);
+    assert_non_null(strstr(errs, "unknown or unsupported type 'Q9_9'"));
+    free(errs);
+    char *a4[] = {small, lora, out};
+    assert_int_equal(run_merge(a4, 3, &errs), 1);
+    assert_non_null(strstr(errs, "do not fit"));
+    free(errs);
+    char *a5[] = {q4, lora, q4};
+    assert_int_equal(run_merge(a5, 3, &errs), 2);
+    assert_non_null(strstr(errs, "OUT must be a new file"));
+    free(errs);
+    char *a6[] = {q4, q4, out};
+    assert_int_equal(run_merge(a6, 3, &errs), 1);
+    assert_non_null(strstr(errs, "not an adapter"));
+    free(errs);
+    unlink(out);
+    free(out);
+    free(q4);
+    free(small);
+    free(lora);
+}
+
+/* ------------------------------------------------------------------ */
+/* Crafted adapters for the builder's tiny llama (dim 32): pair types    */
+/* and malformed pairs, with no reference data needed.                   */
+
+#define CR_RANK 32 /* a Q8_0 lora_b needs rank to be a multiple of 32 */
+
+/* k * 2^-10 for |k| <= 127 as IEEE half: exact, no rounding needed. */
+static uint16_t half_of(float f)
+{
+    if (f == 0)
+        return 0;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000, exp = ((u >> 23) & 0xff) - 127 + 15;
+    return (uint16_t)(sign | exp << 10 | ((u >> 13) & 0x3ff));
+}
+
+/* Integer weights k in [-127, 127] of a (ne0, ne1) tensor, every block of
+ * 32 holding a 127 so that Q8_0's scale is exactly 2^-10. */
+static void craft_ints(int8_t *k, int n, int seed)
+{
+    uint32_t x = 2463534242u + (uint32_t)seed;
+    for (int i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        k[i] = (int8_t)((int)(x % 255) - 127);
+        if (i % 32 == 0)
+            k[i] = 127;
+    }
+}
+
+static void add_crafted(gguf_builder *b, const char *name, uint32_t type, uint64_t ne0,
+                        uint64_t ne1, int seed)
+{
+    int n = (int)(ne0 * ne1);
+    int8_t *k = malloc((size_t)n);
+    craft_ints(k, n, seed);
+    gb_buf data = {0};
+    for (int i = 0; i < n; i++) {
+        if (type == GB_F32)
+            gb_buf_f32(&data, (float)k[i] / 1024.0f);
+        else if (type == GB_F16)
+            gb_buf_u16(&data, half_of((float)k[i] / 1024.0f));
+        else if (type == GB_Q8_0) {
+            if (i % 32 == 0)
+                gb_buf_u16(&data, half_of(1.0f / 1024.0f));
+            gb_buf_u8(&data, (uint8_t)k[i]);
+        }
+    }
+    const uint64_t dims[2] = {ne0, ne1};
+    assert_true(gb_tensor_add(b, name, 2, dims, type, data.data, data.len) >= 0);
+    gb_buf_free(&data);
+    free(k);
+}
+
+static gguf_builder *adapter_new(const char *arch)
+{
+    gguf_builder *b = gb_new();
+    gb_kv_str(b, "general.architecture", arch);
+    gb_kv_str(b, "general.type", "adapter");
+    gb_kv_str(b, "adapter.type", "lora");
+    gb_kv_f32(b, "adapter.lora.alpha", 0.0f);
+    b->align = 32;
+    return b;
+}
+
+static char *write_builder(gguf_builder *b)
+{
+    size_t len;
+    uint8_t *img = gb_build(b, &len);
+    assert_non_null(img);
+    char *path = nbt_write_temp(img, len, ".gguf");
+    free(img);
+    gb_free(b);
+    return path;
+}
+
+/* An adapter on blk.0.attn_q and blk.1.ffn_down with the given pair types. */
+static char *crafted_adapter(uint32_t ta, uint32_t tb)
+{
+    gguf_builder *b = adapter_new("llama");
+    gb_llama_params p = gb_llama_default_params();
+    add_crafted(b, "blk.0.attn_q.weight.lora_a", ta, (uint64_t)p.dim, CR_RANK, 1);
+    add_crafted(b, "blk.0.attn_q.weight.lora_b", tb, CR_RANK, (uint64_t)p.dim, 2);
+    add_crafted(b, "blk.1.ffn_down.weight.lora_a", ta, (uint64_t)p.n_ff, CR_RANK, 3);
+    add_crafted(b, "blk.1.ffn_down.weight.lora_b", tb, CR_RANK, (uint64_t)p.dim, 4);
+    return write_builder(b);
+}
+
+static nb_model *crafted_base(char **path)
+{
+    *path = write_builder(gb_llama_new(NULL));
+    nb_model *m = NULL;
+    char err[256];
+    if (nb_model_open(*path, NULL, &m, err, sizeof err))
+        fail_msg("%s", err);
+    return m;
+}
+
+static float *crafted_logits(const nb_model *m, const char *adapter)
+{
+    nb_lora *a = NULL;
+    char err[256];
+    if (adapter && nb_lora_open(m, adapter, &a, err, sizeof err))
+        fail_msg("%s: %s", adapter, err);
+    nb_ctx_params cp = nb_ctx_default_params();
+    cp.n_ctx = 32;
+    cp.n_threads = 1;
+    nb_ctx *c = NULL;
+    assert_int_equal(nb_ctx_new(m, &cp, &c, err, sizeof err), NB_OK);
+    float scale = 2.0f;
+    if (a)
+        assert_int_equal(nb_ctx_set_lora(c, &a, &scale, 1), NB_OK);
+    const nb_token toks[] = {1, 70, 80, 90, 100};
+    assert_int_equal(nb_ctx_decode(c, toks, 5, 0), NB_OK);
+    int n = nb_model_n_vocab(m);
+    float *out = malloc((size_t)n * sizeof *out);
+    memcpy(out, nb_ctx_logits(c, -1), (size_t)n * sizeof *out);
+    nb_ctx_free(c);
+    nb_lora_close(a);
+    return out;
+}
+
+/* F16 and Q8_0 pairs (and a mixed pair) holding the same values as an F32
+ * pair give bit-identical logits; all differ from the base. */
+static void test_pair_types(void **state)
+{
+    (void)state;
+    char *base_path;
+    nb_model *m = crafted_base(&base_path);
+    int n = nb_model_n_vocab(m);
+    char *f32 = crafted_adapter(GB_F32, GB_F32);
+    float *base = crafted_logits(m, NULL), *ref = crafted_logits(m, f32);
+    assert_memory_not_equal(base, ref, (size_t)n * sizeof *ref);
+    const uint32_t kinds[][2] = {{GB_F16, GB_F16}, {GB_Q8_0, GB_Q8_0}, {GB_F16, GB_Q8_0}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        char *path = crafted_adapter(kinds[i][0], kinds[i][1]);
+        float *got = crafted_logits(m, path);
+        assert_memory_equal(ref, got, (size_t)n * sizeof *got);
+        free(got);
+        unlink(path);
+        free(path);
+    }
+    free(base);
+    free(ref);
+    unlink(f32);
+    free(f32);
+    nb_model_close(m);
+    unlink(base_path);
+    free(base_path);
+}
+
+static void expect_refusal(const nb_model *m, gguf_builder *b, nb_status want, const char *msg)
+{
+    char *path = write_builder(b), err[512];
+    nb_lora *a = NULL;
+    nb_status st = nb_lora_open(m, path, &a, err, sizeof err);
+    if (st != want || !strstr(err, msg))
+        fail_msg("want status %d and \"%s\", got %d: %s", want, msg, st, st ? err : "");
+    assert_null(a);
+    unlink(path);
+    free(path);
+}
+
+/* Half a pair, mismatched ranks, a transposed lora_a, a tensor the model
+ * lacks, an unsupported type, a stray tensor, no pairs at all. */
+static void test_malformed_pairs(void **state)
+{
+    (void)state;
+    char *base_path;
+    nb_model *m = crafted_base(&base_path);
+    gguf_builder *b = adapter_new("llama");
+    add_crafted(b, "blk.0.attn_q.weight.lora_b", GB_F32, CR_RANK, 32, 1);
+    expect_refusal(m, b, NB_ERR_FORMAT, "blk.0.attn_q.weight.lora_b has no blk.0.attn_q.weight.lora_a");
+    b = adapter_new("llama");
+    add_crafted(b, "blk.0.attn_q.weight.lora_a", GB_F32, 32, CR_RANK, 1);
+    expect_refusal(m, b, NB_ERR_FORMAT, "has no blk.0.attn_q.weight.lora_b");
+    b = adapter_new("llama");
+    add_crafted(b, "blk.0.attn_q.weight.lora_a", GB_F32, 32, CR_RANK, 1);
+    add_crafted(b, "blk.0.attn_q.weight.lora_b", GB_F32, 16, 32, 2);
+    expect_refusal(m, b, NB_ERR_INVALID, "rank");
+    b = adapter_new("llama");
+    add_crafted(b, "blk.0.ffn_down.weight.lora_a", GB_F32, CR_RANK, 64, 1); /* transposed */
+    add_crafted(b, "blk.0.ffn_down.weight.lora_b", GB_F32, CR_RANK, 32, 2);
+    expect_refusal(m, b, NB_ERR_INVALID, "do not fit");
+    b = adapter_new("llama");
+    add_crafted(b, "blk.7.attn_q.weight.lora_a", GB_F32, 32, CR_RANK, 1);
+    add_crafted(b, "blk.7.attn_q.weight.lora_b", GB_F32, CR_RANK, 32, 2);
+    expect_refusal(m, b, NB_ERR_INVALID, "which the model does not have");
+    b = adapter_new("llama");
+    add_crafted(b, "blk.0.attn_q.weight.lora_a", GB_F32, 32, CR_RANK, 1);
+    const uint64_t dims[2] = {CR_RANK, 32};
+    gb_tensor_add(b, "blk.0.attn_q.weight.lora_b", 2, dims, GB_Q4_0, NULL, GB_AUTO);
+    expect_refusal(m, b, NB_ERR_UNSUPPORTED, "must be a 2-D F32, F16 or Q8_0 tensor");
+    b = adapter_new("llama");
+    add_crafted(b, "blk.0.attn_q.weight", GB_F32, 32, 32, 1);
+    expect_refusal(m, b, NB_ERR_FORMAT, "is not a lora_a or lora_b");
+    b = adapter_new("llama");
+    expect_refusal(m, b, NB_ERR_FORMAT, "no lora_a/lora_b pairs");
+    b = adapter_new("qwen2");
+    add_crafted(b, "blk.0.attn_q.weight.lora_a", GB_F32, 32, CR_RANK, 1);
+    add_crafted(b, "blk.0.attn_q.weight.lora_b", GB_F32, CR_RANK, 32, 2);
+    expect_refusal(m, b, NB_ERR_INVALID, "the adapter is for architecture qwen2");
+    b = adapter_new("llama");
+    gb_kv_remove(b, "adapter.type");
+    gb_kv_str(b, "adapter.type", "control_vector");
+    expect_refusal(m, b, NB_ERR_UNSUPPORTED, "adapter.type is control_vector, not lora");
+    nb_model_close(m);
+    unlink(base_path);
+    free(base_path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_and_apply),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_merge_types_and_errors),
+        cmocka_unit_test(test_pair_types),
+        cmocka_unit_test(test_malformed_pairs),
     };
     return cmocka_run_group_tests_name("lora", tests, NULL, NULL);
 }

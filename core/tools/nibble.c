@@ -27,6 +27,7 @@ static const char usage[] =
     "  info       describe a model file: architecture, sizes, types, vocabulary\n"
     "  synth      write a random-weight LLaMA model of a given shape\n"
     "  quantize   convert an F32/F16/BF16 model to a quantized type\n"
+    "  lora-merge fold a LoRA adapter into a copy of its base model\n"
     "  bench      measure prompt and generation speed against memory bandwidth\n"
     "  perplexity perplexity of a model over a text, and its KL divergence from\n"
     "             a reference model's predictions (--kl-base)\n"
@@ -219,6 +220,8 @@ int main(int argc, char **argv)
         return cmd_synth(argc - 1, argv + 1);
     if (!strcmp(cmd, "quantize"))
         return cmd_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "lora-merge"))
+        return cmd_lora_merge(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity"))

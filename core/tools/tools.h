@@ -20,6 +20,7 @@ int cmd_synth(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_lora_merge(int argc, char **argv);
 
 /* "nibble: " + message on stderr; returns EXIT_ERR. */
 int tool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
