@@ -105,7 +105,7 @@ static void test_refusals(void **state)
     assert_non_null(strstr(err, "not an adapter"));
     assert_int_equal(open_lora(m, "models/no-such-adapter.gguf", &a, err, sizeof err), NB_ERR_IO);
 
-    /* attaching: adapters of another model instance, bad counts, mixed batches */
+    /* attaching: adapters of another model instance, bad counts */
     nb_model *m2 = open_model("models/stories260K-wide-f32.gguf");
     nb_lora *other = NULL;
     assert_int_equal(open_lora(m2, ADAPTER, &other, err, sizeof err), NB_OK);
@@ -121,18 +121,74 @@ static void test_refusals(void **state)
     assert_non_null(strstr(nb_ctx_errmsg(c), "another model"));
     assert_int_equal(nb_ctx_set_lora(c, &a, &one, -1), NB_ERR_INVALID);
     assert_int_equal(nb_ctx_set_lora(c, &a, &one, 1), NB_OK);
-    const nb_token t[] = {1, 403};
-    nb_batch_item items[2] = {{c, t, 2, 0}, {d, t, 2, 0}};
-    assert_int_equal(nb_decode_batch(NULL, items, 2), NB_ERR_INVALID);
-    assert_non_null(strstr(nb_ctx_errmsg(c), "LoRA"));
-    assert_int_equal(nb_ctx_set_lora(d, &a, &one, 1), NB_OK);
-    assert_int_equal(nb_decode_batch(NULL, items, 2), NB_OK);
     assert_int_equal(nb_ctx_set_lora(c, NULL, NULL, 0), NB_OK);
     nb_ctx_free(c);
     nb_ctx_free(d);
     nb_lora_close(a);
     nb_lora_close(other);
     nb_model_close(m2);
+    nb_model_close(m);
+}
+
+/* Contexts with different adapters (none, one, the same at another scale)
+ * share one batched pass, and each gets exactly the logits it gets alone:
+ * the daemon serves them side by side. */
+static void test_mixed_batch(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    nb_model *m = open_model("models/stories260K-wide-f32.gguf");
+    nb_lora *a = NULL;
+    char err[256];
+    assert_int_equal(open_lora(m, ADAPTER, &a, err, sizeof err), NB_OK);
+    const float scales[3] = {0, 1.0f, 0.5f};
+    const int use[3] = {0, 1, 1};
+    const nb_token t[3][4] = {{1, 403, 407, 261}, {1, 403, 407, 261}, {1, 385, 410, 274}};
+    nb_ctx_params cp = nb_ctx_default_params();
+    cp.n_ctx = 32;
+    cp.n_threads = 2;
+    int n_vocab = nb_model_n_vocab(m);
+    float *alone[3];
+    nb_ctx *c[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(nb_ctx_new(m, &cp, &c[i], err, sizeof err), NB_OK);
+        if (use[i])
+            assert_int_equal(nb_ctx_set_lora(c[i], &a, &scales[i], 1), NB_OK);
+        assert_int_equal(nb_ctx_decode(c[i], t[i], 4, 0), NB_OK);
+        alone[i] = malloc((size_t)n_vocab * sizeof(float));
+        memcpy(alone[i], nb_ctx_logits(c[i], -1), (size_t)n_vocab * sizeof(float));
+        nb_ctx_truncate(c[i], 0);
+    }
+    /* prompts then one more token each, all in one batch, twice */
+    nb_batch_item items[3];
+    for (int i = 0; i < 3; i++)
+        items[i] = (nb_batch_item){c[i], t[i], 4, 0};
+    assert_int_equal(nb_decode_batch(NULL, items, 3), NB_OK);
+    for (int i = 0; i < 3; i++)
+        assert_memory_equal(alone[i], nb_ctx_logits(c[i], -1), (size_t)n_vocab * sizeof(float));
+    assert_memory_not_equal(alone[0], alone[1], (size_t)n_vocab * sizeof(float));
+    const nb_token next[3] = {300, 301, 302};
+    for (int i = 0; i < 3; i++) {
+        nb_ctx_params one = cp;
+        nb_ctx *solo;
+        assert_int_equal(nb_ctx_new(m, &one, &solo, err, sizeof err), NB_OK);
+        if (use[i])
+            assert_int_equal(nb_ctx_set_lora(solo, &a, &scales[i], 1), NB_OK);
+        nb_token both[5];
+        memcpy(both, t[i], sizeof t[i]);
+        both[4] = next[i];
+        assert_int_equal(nb_ctx_decode(solo, both, 5, 0), NB_OK);
+        memcpy(alone[i], nb_ctx_logits(solo, -1), (size_t)n_vocab * sizeof(float));
+        nb_ctx_free(solo);
+        items[i] = (nb_batch_item){c[i], &next[i], 1, 0};
+    }
+    assert_int_equal(nb_decode_batch(NULL, items, 3), NB_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_memory_equal(alone[i], nb_ctx_logits(c[i], -1), (size_t)n_vocab * sizeof(float));
+        free(alone[i]);
+        nb_ctx_free(c[i]);
+    }
+    nb_lora_close(a);
     nb_model_close(m);
 }
 
@@ -498,16 +554,142 @@ static void test_malformed_pairs(void **state)
     free(base_path);
 }
 
+/* ------------------------------------------------------------------ */
+/* nibd --lora: adapters per request                                    */
+
+static json_t *daemon_complete(nb_client *c, const char *prompt, const char *lora, char **text)
+{
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"%s\",\"n_predict\":24,\"temperature\":0%s%s}",
+             prompt, lora ? ",\"lora\":" : "", lora ? lora : "");
+    return nbt_finish(c, text);
+}
+
+/* Requests with and without the adapter, one after the other and at the
+ * same time on two connections, each match `nibble eval` with the same
+ * adapter; a slot's cache is reused only for the same adapters and
+ * scales; unknown names and bad fields are refused; status lists them. */
+static void test_daemon_adapters(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    char *base = nbt_data_path("models/stories260K-wide-f32.gguf"), *lora = nbt_data_path(ADAPTER);
+    const char *prompt = "Once upon a time, there was a little";
+    const char *ev_half[] = {"--lora", lora, "--lora-scale", "0.5", NULL};
+    char *want_plain = nbt_eval_text(base, prompt, 24);
+    char *want_half = nbt_eval_text_args(base, prompt, 24, ev_half);
+    assert_string_not_equal(want_plain, want_half);
+
+    char arg[4200];
+    snprintf(arg, sizeof arg, "story=%s", lora);
+    const char *extra[] = {"-s", "1", "--lora", arg, NULL};
+    nbt_daemon d;
+    nbt_daemon_start(&d, base, extra);
+    nb_client *c = nbt_connect(d.sock), *c2 = nbt_connect(d.sock);
+    assert_non_null(c);
+    assert_non_null(c2);
+    const char *half = "[{\"name\":\"story\",\"scale\":0.5}]";
+
+    /* one slot: each change of adapters or scale starts its cache afresh */
+    struct { const char *lora; const char *want; int cached; } seq[] = {
+        {NULL, want_plain, 0},  {half, want_half, 0}, {half, want_half, 1},
+        {"[{\"name\":\"story\",\"scale\":0.25}]", NULL, 0}, {NULL, want_plain, 0},
+        {"[]", want_plain, 1},
+    };
+    for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
+        char *got;
+        json_t *fin = daemon_complete(c, prompt, seq[i].lora, &got);
+        if (!json_is_string(json_object_get(fin, "stop_reason")))
+            fail_msg("request %zu: %s", i, json_dumps(fin, 0));
+        if (seq[i].want)
+            assert_string_equal(got, seq[i].want);
+        long long cached = json_integer_value(json_object_get(fin, "n_cached"));
+        if (seq[i].cached ? cached == 0 : cached != 0)
+            fail_msg("request %zu: n_cached %lld", i, cached);
+        json_decref(fin);
+        free(got);
+    }
+
+    /* side by side on two connections, two slots' worth of work on one
+     * slot's daemon would queue; restart with two slots */
+    nb_client_close(c);
+    nb_client_close(c2);
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+    const char *extra2[] = {"-s", "2", "--lora", arg, NULL};
+    nbt_daemon_start(&d, base, extra2);
+    c = nbt_connect(d.sock);
+    c2 = nbt_connect(d.sock);
+    for (int round = 0; round < 2; round++) {
+        nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"%s\",\"n_predict\":24,\"temperature\":0%s}",
+                 prompt, round ? "" : ",\"lora\":[{\"name\":\"story\",\"scale\":0.5}]");
+        nbt_send(c2, "{\"op\":\"complete\",\"prompt\":\"%s\",\"n_predict\":24,\"temperature\":0%s}",
+                 prompt, round ? ",\"lora\":[{\"name\":\"story\",\"scale\":0.5}]" : "");
+        char *t1, *t2;
+        json_t *f1 = nbt_finish(c, &t1), *f2 = nbt_finish(c2, &t2);
+        assert_string_equal(t1, round ? want_plain : want_half);
+        assert_string_equal(t2, round ? want_half : want_plain);
+        json_decref(f1);
+        json_decref(f2);
+        free(t1);
+        free(t2);
+    }
+
+    /* refusals */
+    const char *bad[][2] = {
+        {"[{\"name\":\"nope\"}]", "unknown adapter 'nope' (nibd has: story)"},
+        {"{\"name\":\"story\"}", "lora must be an array"},
+        {"[{\"name\":\"story\",\"scale\":\"x\"}]", "lora[0].scale must be a number"},
+        {"[{\"name\":\"story\",\"scale\":1000}]", "lora[0].scale must be -100 to 100"},
+        {"[{\"name\":\"story\"},{\"name\":\"story\"}]", "names adapter 'story' twice"},
+        {"[{\"scale\":1}]", "lora[0] must be an object with a \"name\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *e = daemon_complete(c, prompt, bad[i][0], NULL);
+        const char *msg = json_string_value(json_object_get(e, "message"));
+        if (!msg || !strstr(msg, bad[i][1]))
+            fail_msg("lora %s: want \"%s\", got %s", bad[i][0], bad[i][1], json_dumps(e, 0));
+        assert_string_equal(json_string_value(json_object_get(e, "error")), "invalid_request");
+        json_decref(e);
+    }
+    nbt_send(c, "{\"op\":\"status\"}");
+    json_t *st = nbt_event(c, 10000);
+    json_t *l0 = json_array_get(json_object_get(st, "lora"), 0);
+    assert_string_equal(json_string_value(json_object_get(l0, "name")), "story");
+    assert_true(json_integer_value(json_object_get(l0, "pairs")) > 0);
+    json_decref(st);
+    nb_client_close(c);
+    nb_client_close(c2);
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+
+    /* start-up refusals: a misfit adapter, a bad name */
+    char *small = nbt_data_path("models/stories260K.gguf"), *errs = NULL;
+    char *argv[] = {(char *)nbt_bin("nibd"), "-m", small, "--socket", "/nonexistent/x.sock",
+                    "--lora", arg, NULL};
+    nbt_run(argv, NULL, &errs, 30);
+    assert_non_null(strstr(errs, "adapter story:"));
+    free(errs);
+    char *argv2[] = {(char *)nbt_bin("nibd"), "-m", small, "--lora", "no name=x", NULL};
+    assert_int_equal(nbt_run(argv2, NULL, &errs, 30), 2);
+    assert_non_null(strstr(errs, "--lora wants NAME=FILE"));
+    free(errs);
+    free(small);
+    free(want_plain);
+    free(want_half);
+    free(base);
+    free(lora);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_and_apply),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_mixed_batch),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_merge),
         cmocka_unit_test(test_merge_types_and_errors),
         cmocka_unit_test(test_pair_types),
         cmocka_unit_test(test_malformed_pairs),
+        cmocka_unit_test(test_daemon_adapters),
     };
     return cmocka_run_group_tests_name("lora", tests, NULL, NULL);
 }

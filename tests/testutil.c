@@ -341,10 +341,20 @@ int nbt_find_program(const char *name, char *buf, size_t cap)
 
 char *nbt_eval_text(const char *model, const char *prompt, int n)
 {
+    return nbt_eval_text_args(model, prompt, n, NULL);
+}
+
+char *nbt_eval_text_args(const char *model, const char *prompt, int n, const char *const *extra)
+{
     char ns[16], bin[4096];
     snprintf(ns, sizeof ns, "%d", n);
     snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
-    char *argv[] = {bin, "eval", "-m", (char *)model, "-p", (char *)prompt, "--greedy", ns, "--json", NULL};
+    char *argv[32] = {bin, "eval", "-m", (char *)model, "-p", (char *)prompt, "--greedy", ns,
+                      "--json"};
+    int argc = 9;
+    for (int i = 0; extra && extra[i] && argc < 31; i++)
+        argv[argc++] = (char *)extra[i];
+    argv[argc] = NULL;
     char *out = NULL, *err = NULL;
     int rc = nbt_run(argv, &out, &err, 60);
     if (rc != 0)
@@ -358,4 +368,67 @@ char *nbt_eval_text(const char *model, const char *prompt, int n)
     free(out), free(err);
     assert_true(strlen(text) > 0);
     return text;
+}
+
+nb_client *nbt_connect(const char *sock)
+{
+    nb_client_params p = nb_client_default_params();
+    p.socket = sock;
+    p.autostart = 0;
+    nb_client *c = NULL;
+    char err[512];
+    if (nb_client_connect(&p, &c, err, sizeof err))
+        return NULL;
+    return c;
+}
+
+void nbt_send(nb_client *c, const char *fmt, ...)
+{
+    char buf[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0 && (size_t)n < sizeof buf);
+    assert_int_equal(nb_client_send(c, buf, (size_t)n), NB_OK);
+}
+
+json_t *nbt_event(nb_client *c, int timeout_ms)
+{
+    char *line;
+    nb_status st = nb_client_read(c, &line, NULL, timeout_ms);
+    if (st || !line)
+        return NULL;
+    json_t *j = json_loads(line, 0, NULL);
+    if (!j)
+        fail_msg("not JSON: %s", line);
+    free(line);
+    return j;
+}
+
+json_t *nbt_finish(nb_client *c, char **text)
+{
+    size_t cap = 1 << 16, len = 0;
+    char *t = calloc(1, cap);
+    assert_non_null(t);
+    for (;;) {
+        json_t *e = nbt_event(c, 30000);
+        if (!e)
+            fail_msg("no final event");
+        if (json_is_true(json_object_get(e, "done"))) {
+            if (text)
+                *text = t;
+            else
+                free(t);
+            return e;
+        }
+        const char *piece = json_string_value(json_object_get(e, "text"));
+        if (piece) {
+            size_t n = strlen(piece);
+            assert_true(len + n < cap);
+            memcpy(t + len, piece, n + 1);
+            len += n;
+        }
+        json_decref(e);
+    }
 }

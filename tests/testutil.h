@@ -11,6 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <jansson.h>
+
+#include "nibble.h"
 
 /* Directory of the shared reference data ($NIBBLE_TEST_DATA, else
  * ../shared beside the checkout), or NULL when it is absent. */
@@ -52,6 +55,19 @@ int nbt_find_program(const char *name, char *buf, size_t cap);
 /* The continuation `nibble eval -m MODEL -p PROMPT --greedy N --json`
  * reports (malloc'd, not empty); the test fails when eval does. */
 char *nbt_eval_text(const char *model, const char *prompt, int n);
+/* The same with more eval options (NULL-terminated, may be NULL). */
+char *nbt_eval_text_args(const char *model, const char *prompt, int n, const char *const *extra);
+
+/* The client library against a test daemon's socket (no auto-start); NULL
+ * when it cannot connect. */
+nb_client *nbt_connect(const char *sock);
+/* Send one request built printf-style (the test fails when it cannot). */
+void nbt_send(nb_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The next event as JSON, or NULL on timeout or hang-up. */
+json_t *nbt_event(nb_client *c, int timeout_ms);
+/* Events until the final one, which is returned (json_decref it); the
+ * streamed text pieces are concatenated into *text (malloc'd) when given. */
+json_t *nbt_finish(nb_client *c, char **text);
 
 /* A private nibd: started on a socket in a fresh temporary directory with
  * --config /dev/null, -t 2 and the extra arguments (NULL-terminated, may

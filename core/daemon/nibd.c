@@ -12,6 +12,7 @@
  * connection another, so a client that hangs up mid-stream only cancels
  * its own jobs.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -49,6 +50,9 @@ static const char usage[] =
     "  -k, --keep-alive SECS  release the weights after this long idle (default 300;\n"
     "                         -1 = never); the next request loads them again\n"
     "  -l, --log-level LEVEL  error, warn, info (default) or debug\n"
+    "      --lora NAME=FILE   load a LoRA adapter (llama.cpp GGUF) that requests\n"
+    "                         apply by NAME, with their own scale; repeatable, at\n"
+    "                         most 16; NAME is 1-64 of A-Z a-z 0-9 . _ -\n"
     "      --socket PATH      (default: $XDG_RUNTIME_DIR/nibble/nibd.sock, or\n"
     "                         /tmp/nibble-$UID/nibd.sock)\n"
     "      --config FILE      (default: $XDG_CONFIG_HOME/nibble/config)\n"
@@ -670,6 +674,16 @@ static int daemonize(char *err, size_t errlen, int *ready_fd)
     return 0;
 }
 
+static int lora_name_ok(const char *s, size_t n)
+{
+    if (n < 1 || n > NBD_MAX_LORA_NAME)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("._-", s[i]))
+            return 0;
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -678,6 +692,7 @@ int main(int argc, char **argv)
         {"keep-alive", required_argument, 0, 'k'}, {"log-level", required_argument, 0, 'l'},
         {"socket", required_argument, 0, 'S'},     {"config", required_argument, 0, 'C'},
         {"daemonize", no_argument, 0, 'D'},        {"help", no_argument, 0, 'h'},
+        {"lora", required_argument, 0, 'L'},
         {"version", no_argument, 0, 'V'},          {0, 0, 0, 0}};
     /* the config file first, so that options override it */
     const char *config_file = NULL;
@@ -737,6 +752,36 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'L': {
+            /* the daemon moves to /: the file is kept as an absolute path */
+            const char *eq = strchr(optarg, '=');
+            size_t nl = eq ? (size_t)(eq - optarg) : 0;
+            if (!eq || !lora_name_ok(optarg, nl) || !eq[1]) {
+                fprintf(stderr, "nibd: --lora wants NAME=FILE with a NAME of 1 to %d letters, "
+                                "digits, '.', '_' or '-', not '%s'\n", NBD_MAX_LORA_NAME, optarg);
+                return 2;
+            }
+            if (o.n_lora == NBD_MAX_LORA) {
+                fprintf(stderr, "nibd: at most %d --lora adapters\n", NBD_MAX_LORA);
+                return 2;
+            }
+            for (int i = 0; i < o.n_lora; i++)
+                if (strlen(o.lora_name[i]) == nl && !memcmp(o.lora_name[i], optarg, nl)) {
+                    fprintf(stderr, "nibd: two --lora adapters named '%.*s'\n", (int)nl, optarg);
+                    return 2;
+                }
+            static char names[NBD_MAX_LORA][NBD_MAX_LORA_NAME + 1], files[NBD_MAX_LORA][PATH_MAX];
+            if (!realpath(eq + 1, files[o.n_lora])) {
+                fprintf(stderr, "nibd: --lora %s: %s: %s\n", optarg, eq + 1, strerror(errno));
+                return 1;
+            }
+            memcpy(names[o.n_lora], optarg, nl);
+            names[o.n_lora][nl] = 0;
+            o.lora_name[o.n_lora] = names[o.n_lora];
+            o.lora_path[o.n_lora] = files[o.n_lora];
+            o.n_lora++;
+            break;
+        }
         case 'S': socket_opt = optarg; break;
         case 'C': break; /* read above */
         case 'D': do_daemonize = 1; break;

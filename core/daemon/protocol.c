@@ -173,6 +173,50 @@ static void parse_sampling(parse *p, nbd_request *r)
             r->stops[r->n_stops++] = json_string_value(s);
         }
     }
+    json_t *lora = json_object_get(p->obj, "lora");
+    if (lora) {
+        if (!json_is_array(lora)) {
+            fail(p, "lora must be an array of {\"name\", \"scale\"} objects, not %s",
+                 type_name(lora));
+            return;
+        }
+        if (json_array_size(lora) > NBD_MAX_LORA) {
+            fail(p, "lora names %zu adapters (at most %d)", json_array_size(lora), NBD_MAX_LORA);
+            return;
+        }
+        size_t i;
+        json_t *a;
+        json_array_foreach(lora, i, a)
+        {
+            json_t *name = json_object_get(a, "name"), *scale = json_object_get(a, "scale");
+            if (!json_is_object(a) || !json_is_string(name) || json_string_length(name) == 0 ||
+                json_string_length(name) > NBD_MAX_LORA_NAME) {
+                fail(p, "lora[%zu] must be an object with a \"name\" of 1 to %d bytes", i,
+                     NBD_MAX_LORA_NAME);
+                return;
+            }
+            double d = 1.0;
+            if (scale) {
+                if (!json_is_number(scale)) {
+                    fail(p, "lora[%zu].scale must be a number, not %s", i, type_name(scale));
+                    return;
+                }
+                d = json_number_value(scale);
+                if (!(fabs(d) <= NBD_MAX_LORA_SCALE)) {
+                    fail(p, "lora[%zu].scale must be -%g to %g", i, (double)NBD_MAX_LORA_SCALE,
+                         (double)NBD_MAX_LORA_SCALE);
+                    return;
+                }
+            }
+            for (int j = 0; j < r->n_lora; j++)
+                if (!strcmp(r->lora_names[j], json_string_value(name))) {
+                    fail(p, "lora names adapter '%s' twice", r->lora_names[j]);
+                    return;
+                }
+            r->lora_names[r->n_lora] = json_string_value(name);
+            r->lora_scales[r->n_lora++] = (float)d;
+        }
+    }
     if (!p->failed) {
         char err[256];
         if (nb_sampler_params_check(&r->sp, err, sizeof err))

@@ -14,6 +14,9 @@
 #define NBD_MAX_FRAME (8u << 20)   /* bytes per line, newline excluded */
 #define NBD_MAX_ID 256             /* bytes of a request id or session name */
 #define NBD_MAX_PREDICT (1 << 20)
+#define NBD_MAX_LORA 16            /* adapters per request, and per daemon */
+#define NBD_MAX_LORA_NAME 64       /* bytes of an adapter's name */
+#define NBD_MAX_LORA_SCALE 100.0f  /* |scale| of a request's adapter */
 
 typedef enum nbd_op {
     NBD_OP_COMPLETE,
@@ -64,6 +67,10 @@ typedef struct nbd_request {
     const char *stops[NB_STOP_MAX];
     int n_stops;
     const char *session;
+    /* adapters: names (into json) and scales, in the order given */
+    const char *lora_names[NBD_MAX_LORA];
+    float lora_scales[NBD_MAX_LORA];
+    int n_lora;
 } nbd_request;
 
 /* Error codes of doc/protocol.md. */

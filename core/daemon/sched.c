@@ -6,6 +6,10 @@
  * to the slot of its session, else to the idle slot whose cached tokens
  * share the longest prefix with its prompt, else to the least recently
  * used idle slot; only the tokens after the shared prefix are evaluated.
+ * A slot's cache is only reused by a request with the same LoRA adapters
+ * at the same scales as the tokens in it were evaluated with; requests
+ * with different adapters still share passes (each row gets its own
+ * context's adapters).
  *
  * Every pass of the worker takes a chunk of each prompt being read and one
  * token of each answer being written, from all busy slots at once, and
@@ -76,6 +80,10 @@ typedef struct slot {
     nb_stopper *stopper;
     nb_detok dt;
     nb_token pending;       /* sampled, to be evaluated next */
+    /* the adapters its context applies, which made the tokens in its cache */
+    nb_lora *lora[NBD_MAX_LORA];
+    float lora_scale[NBD_MAX_LORA];
+    int n_lora;
     int n_generated;
     char *text;             /* the whole answer, for stream = false */
     size_t text_len, text_cap;
@@ -107,6 +115,8 @@ struct nbd_sched {
     json_t *types;          /* tensors per type, for status */
     char name[256];
     int fim;                  /* the model has fill-in-the-middle tokens */
+    nb_lora *lora[NBD_MAX_LORA]; /* o.lora_path[i], opened with the model */
+    int lora_pairs[NBD_MAX_LORA]; /* for status; under mu */
     const char *chat_template; /* static: nb_chat_template_name */
 };
 
@@ -160,9 +170,14 @@ static void unload(nbd_sched *s)
         nb_ctx_free(s->slots[i].ctx);
         s->slots[i].ctx = NULL;
         s->slots[i].session[0] = 0;
+        s->slots[i].n_lora = 0;
     }
     nb_ctx_free(s->ws);
     s->ws = NULL;
+    for (int i = 0; i < s->o.n_lora; i++) {
+        nb_lora_close(s->lora[i]);
+        s->lora[i] = NULL;
+    }
     nb_model_close(s->model);
     s->model = NULL;
     pthread_mutex_lock(&s->mu);
@@ -211,6 +226,16 @@ static int load(nbd_sched *s, char *err, size_t errlen)
             snprintf(err, errlen, "out of memory for the slots");
             goto fail;
         }
+    }
+    for (int i = 0; i < s->o.n_lora; i++) {
+        char lerr[512];
+        if (nb_lora_open(s->model, s->o.lora_path[i], &s->lora[i], lerr, sizeof lerr)) {
+            snprintf(err, errlen, "adapter %s: %s", s->o.lora_name[i], lerr);
+            goto fail;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->lora_pairs[i] = nb_lora_n_pairs(s->lora[i]);
+        pthread_mutex_unlock(&s->mu);
     }
     json_decref(s->types);
     s->types = json_object();
@@ -450,6 +475,52 @@ static uint64_t random_seed(void)
            ((uint64_t)getpid() << 40) ^ atomic_fetch_add(&counter, 0x9e3779b97f4a7c15ull);
 }
 
+/* The daemon's adapters a request names, in its order; -1 after failing
+ * the job when it names one the daemon does not have. */
+static int resolve_lora(nbd_sched *s, nbd_job *job, nb_lora **out)
+{
+    const nbd_request *r = &job->req;
+    for (int i = 0; i < r->n_lora; i++) {
+        int k = 0;
+        while (k < s->o.n_lora && strcmp(s->o.lora_name[k], r->lora_names[i]))
+            k++;
+        if (k == s->o.n_lora) {
+            char msg[512], have[256] = "";
+            size_t at = 0;
+            for (int j = 0; j < s->o.n_lora && at < sizeof have; j++)
+                at += (size_t)snprintf(have + at, sizeof have - at, "%s%s", j ? ", " : "",
+                                       s->o.lora_name[j]);
+            snprintf(msg, sizeof msg, "unknown adapter '%s' (%s%s)", r->lora_names[i],
+                     s->o.n_lora ? "nibd has: " : "nibd has none; start it with --lora NAME=FILE",
+                     have);
+            fail_job(job, NBD_E_REQUEST, msg);
+            return -1;
+        }
+        out[i] = s->lora[k];
+    }
+    return 0;
+}
+
+/* Whether a slot's cache was made with the adapters and scales r asks for. */
+static int same_lora(const slot *sl, const nbd_request *r, nb_lora *const *lora)
+{
+    if (sl->n_lora != r->n_lora)
+        return 0;
+    for (int i = 0; i < r->n_lora; i++)
+        if (sl->lora[i] != lora[i] || sl->lora_scale[i] != r->lora_scales[i])
+            return 0;
+    return 1;
+}
+
+/* Tokens of a slot's cache a request may keep. */
+static int reusable(const slot *sl, const nbd_request *r, nb_lora *const *lora,
+                    const nb_token *toks, int n)
+{
+    if (!same_lora(sl, r, lora))
+        return 0;
+    return common_prefix(sl->cache, nb_ctx_n_past(sl->ctx), toks, n);
+}
+
 /* Put a job into a slot; 0 when placed (or failed and answered), -1 when
  * no suitable slot is free yet. */
 static int place(nbd_sched *s, nbd_job *job)
@@ -473,6 +544,9 @@ static int place(nbd_sched *s, nbd_job *job)
         if (!any_idle)
             return -1;
     }
+    nb_lora *lora[NBD_MAX_LORA];
+    if (resolve_lora(s, job, lora))
+        return 0;
     if (!(toks = request_tokens(s, job, &n)))
         return 0;
     if (!target) {
@@ -481,7 +555,7 @@ static int place(nbd_sched *s, nbd_job *job)
             slot *sl = &s->slots[i];
             if (sl->state != SLOT_IDLE)
                 continue;
-            int common = common_prefix(sl->cache, nb_ctx_n_past(sl->ctx), toks, n);
+            int common = reusable(sl, r, lora, toks, n);
             if (!target || common > best ||
                 (common == best && sl->last_used < target->last_used)) {
                 target = sl;
@@ -490,10 +564,20 @@ static int place(nbd_sched *s, nbd_job *job)
         }
     }
     slot *sl = target;
-    int common = common_prefix(sl->cache, nb_ctx_n_past(sl->ctx), toks, n);
+    int common = reusable(sl, r, lora, toks, n);
     if (common == n)
         common = n - 1; /* the last token is evaluated again for its logits */
     nb_ctx_truncate(sl->ctx, common);
+    if (!same_lora(sl, r, lora)) {
+        if (nb_ctx_set_lora(sl->ctx, lora, r->lora_scales, r->n_lora)) {
+            free(toks);
+            fail_job(job, NBD_E_INTERNAL, nb_ctx_errmsg(sl->ctx));
+            return 0;
+        }
+        memcpy(sl->lora, lora, (size_t)r->n_lora * sizeof *lora);
+        memcpy(sl->lora_scale, r->lora_scales, (size_t)r->n_lora * sizeof(float));
+        sl->n_lora = r->n_lora;
+    }
     nb_sampler_params sp = r->sp;
     if (!r->has_seed)
         sp.seed = random_seed();
@@ -856,6 +940,12 @@ json_t *nbd_sched_status(nbd_sched *s)
         json_object_set_new(o, "fim", json_boolean(s->fim));
         json_object_set_new(o, "cancelled", json_integer((json_int_t)s->n_cancelled));
         json_object_set_new(o, "chat_template", json_string(s->chat_template ? s->chat_template : "unknown"));
+        json_t *lora = json_array();
+        for (int i = 0; i < s->o.n_lora; i++)
+            json_array_append_new(lora, json_pack("{s:s, s:s, s:i}", "name", s->o.lora_name[i],
+                                                  "path", s->o.lora_path[i], "pairs",
+                                                  s->lora_pairs[i]));
+        json_object_set_new(o, "lora", lora);
     }
     pthread_mutex_unlock(&s->mu);
     return o;

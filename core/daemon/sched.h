@@ -19,6 +19,10 @@ typedef struct nbd_options {
     int n_batch;          /* rows per forward pass */
     int prompt_chunk;     /* prompt tokens per slot per pass (fairness, cancel latency) */
     int log_level;        /* 0 error, 1 warn, 2 info, 3 debug */
+    /* adapters loaded with the model, which requests name (--lora NAME=FILE) */
+    int n_lora;
+    const char *lora_name[NBD_MAX_LORA];
+    const char *lora_path[NBD_MAX_LORA];
 } nbd_options;
 
 /* Where a job's events go.  The daemon's event loop implements it; the

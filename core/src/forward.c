@@ -67,8 +67,12 @@ struct nb_ctx {
     int batch_base;    /* n_past when the current nb_decode_batch began */
     nbi_lora_use *lora; /* adapters applied to this context's tokens */
     int n_lora;
-    const nbi_lora_use *pass_lora; /* those of the pass ws is evaluating */
+    /* adapters in the pass ws is evaluating: whether any row has some, and
+     * each row's context (for the logits product, only the rows that want
+     * logits), so that rows of contexts with different adapters share the
+     * weights and each gets its own adapters' products */
     int pass_n_lora;
+    const nb_ctx **lora_rows;  /* (n_batch) */
     char errmsg[256];
 };
 
@@ -148,6 +152,7 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->acc16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
     c->rope_cs = alloc_floats(B * (size_t)hp->n_rot);
     c->row_buf = nbi_malloc_array(B, sizeof(fwd_row));
+    c->lora_rows = nbi_malloc_array(B, sizeof(nb_ctx *));
 
     /* Activation rows are quantized for every weight type in the model;
      * size the buffer for the widest format over the longest input. */
@@ -166,7 +171,7 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->qact = nbi_malloc_array(B, c->qact_row);
 
     if (!c->kcache || !c->vcache || !c->x || !c->xn || !c->q || !c->kcur || !c->vcur ||
-        !c->att || !c->h1 || !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->row_buf ||
+        !c->att || !c->h1 || !c->h2 || !c->q16 || !c->acc16 || !c->rope_cs || !c->row_buf || !c->lora_rows ||
         !c->qact) {
         nb_ctx_free(c);
         return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory allocating a %d-token context",
@@ -198,6 +203,7 @@ void nb_ctx_free(nb_ctx *c)
     free(c->logits);
     free(c->out);
     free(c->row_buf);
+    free(c->lora_rows);
     free(c->lora);
     free(c);
 }
@@ -330,12 +336,31 @@ static void matmul_run(matmul_job *j)
     nbi_pool_run_chunked(j->c->pool, n, chunk_rows(j->c, j->W[0], j->B, n), matmul_rows, j);
 }
 
+static int same_lora(const nb_ctx *a, const nb_ctx *b);
+
+/* y += each row's adapters' products, over runs of rows whose contexts
+ * apply the same adapters. */
+static void lora_rows_apply(const nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
+{
+    const int64_t n_in = W->ne[0], n_out = W->ne[1];
+    for (int t = 0; t < B;) {
+        const nb_ctx *rc = c->lora_rows[t];
+        int u = t + 1;
+        while (u < B && same_lora(c->lora_rows[u], rc))
+            u++;
+        if (rc->n_lora)
+            nbi_lora_apply(rc->lora, rc->n_lora, W, x + (size_t)t * n_in, u - t,
+                           y + (size_t)t * n_out);
+        t = u;
+    }
+}
+
 static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
 {
     matmul_job j = {.c = c, .x = x, .B = B, .n_w = 1, .W = {W}, .y = {y}, .first = {0, W->ne[1]}};
     matmul_run(&j);
     if (c->pass_n_lora)
-        nbi_lora_apply(c->pass_lora, c->pass_n_lora, W, x, B, y);
+        lora_rows_apply(c, W, x, B, y);
 }
 
 /* Whether the weights can share one conversion of their input. */
@@ -509,9 +534,11 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
     const size_t embd_row_size = nbi_row_size(m->tok_embd->type, E);
 
     c->rows = rows;
-    /* nb_decode_batch lets only contexts with the same adapters share a pass */
-    c->pass_lora = rows[0].ctx->lora;
-    c->pass_n_lora = rows[0].ctx->n_lora;
+    c->pass_n_lora = 0;
+    for (int t = 0; t < B; t++) {
+        c->lora_rows[t] = rows[t].ctx;
+        c->pass_n_lora |= rows[t].ctx->n_lora;
+    }
     for (int t = 0; t < B; t++) {
         embd_row((const char *)m->tok_embd->data + (size_t)rows[t].tok * embd_row_size,
                  c->x + (size_t)t * E, E);
@@ -570,6 +597,7 @@ static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
         if (!rows[t].logits)
             continue;
         rmsnorm(c->xn + (size_t)n_out * E, c->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
+        c->lora_rows[n_out] = rows[t].ctx; /* compacted in place: n_out <= t */
         if (!first_dst)
             first_dst = rows[t].logits;
         else if (rows[t].logits != first_dst + (size_t)n_out * hp->n_vocab)
@@ -657,10 +685,6 @@ nb_status nb_decode_batch(nb_ctx *ws, nb_batch_item *items, int n_items)
             if (items[j].ctx == c)
                 return nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_INVALID,
                                "batch item %d: a context may appear once per batch", i);
-        if (!same_lora(c, items[0].ctx))
-            return nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_INVALID,
-                           "batch item %d: contexts with different LoRA adapters cannot share "
-                           "a batch", i);
         c->errmsg[0] = 0;
         if ((st = check_tokens(c, items[i].tokens, items[i].n)))
             return st;
