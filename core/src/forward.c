@@ -72,6 +72,7 @@ struct nb_ctx {
      * logits), so that rows of contexts with different adapters share the
      * weights and each gets its own adapters' products */
     int pass_n_lora;
+    int lora_failed;           /* an adapter product ran out of memory */
     const nb_ctx **lora_rows;  /* (n_batch) */
     char errmsg[256];
 };
@@ -340,7 +341,7 @@ static int same_lora(const nb_ctx *a, const nb_ctx *b);
 
 /* y += each row's adapters' products, over runs of rows whose contexts
  * apply the same adapters. */
-static void lora_rows_apply(const nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
+static void lora_rows_apply(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float *y)
 {
     const int64_t n_in = W->ne[0], n_out = W->ne[1];
     for (int t = 0; t < B;) {
@@ -348,9 +349,10 @@ static void lora_rows_apply(const nb_ctx *c, const nbi_tensor *W, const float *x
         int u = t + 1;
         while (u < B && same_lora(c->lora_rows[u], rc))
             u++;
-        if (rc->n_lora)
-            nbi_lora_apply(rc->lora, rc->n_lora, W, x + (size_t)t * n_in, u - t,
-                           y + (size_t)t * n_out);
+        if (rc->n_lora &&
+            nbi_lora_apply(c->k, c->pool, rc->lora, rc->n_lora, W, x + (size_t)t * n_in, u - t,
+                           y + (size_t)t * n_out))
+            c->lora_failed = 1;
         t = u;
     }
 }
@@ -522,7 +524,19 @@ static int aborted(const nb_ctx *ws)
  * weights are streamed once for all of them, and each row attends to its
  * own context's cache.  Keys and values are written at each row's
  * position; the caller advances n_past when this returns NB_OK. */
+static nb_status forward_rows_run(nb_ctx *ws, const fwd_row *rows, int B);
+
 static nb_status forward_rows(nb_ctx *ws, const fwd_row *rows, int B)
+{
+    ws->lora_failed = 0;
+    nb_status st = forward_rows_run(ws, rows, B);
+    if (!st && ws->lora_failed)
+        st = nbi_err(ws->errmsg, sizeof ws->errmsg, NB_ERR_NOMEM,
+                     "out of memory for a LoRA adapter's product");
+    return st;
+}
+
+static nb_status forward_rows_run(nb_ctx *ws, const fwd_row *rows, int B)
 {
     nb_ctx *c = ws;
     const nb_model *m = c->m;

@@ -453,8 +453,11 @@ typedef struct nbi_lora_use {
     float scale;
 } nbi_lora_use;
 
-/* y (B, W->ne[1]) += scale * B.(A.x) for each adapter's pair adapting W. */
-void nbi_lora_apply(const nbi_lora_use *u, int n_use, const nbi_tensor *W, const float *x,
-                    int B, float *y);
+/* y (B, W->ne[1]) += scale * B.(A.x) for each adapter's pair adapting W,
+ * with kernels k's F32 dot product, rows split across pool (may be NULL);
+ * the result does not depend on the thread count.  NB_ERR_NOMEM when the
+ * scratch cannot be allocated (y is then unchanged for that pair). */
+nb_status nbi_lora_apply(const nbi_kernels *k, nbi_pool *pool, const nbi_lora_use *u, int n_use,
+                         const nbi_tensor *W, const float *x, int B, float *y);
 
 #endif /* NIBBLE_INTERNAL_H */

@@ -175,42 +175,70 @@ void nb_lora_close(nb_lora *a)
 
 int nb_lora_n_pairs(const nb_lora *a) { return a->n_pairs; }
 
-/* y (B, n_out) += scale * B.(A.x) over the adapters' pairs for W. */
-void nbi_lora_apply(const nbi_lora_use *u, int n_use, const nbi_tensor *W, const float *x,
-                    int B, float *y)
+/* The product in two steps, each split across the threads by output:
+ * t = A.x (B rows of rank values), then y += scale * B.t.  Every value is
+ * one dot product computed by one thread, so any thread count gives the
+ * same bits. */
+typedef struct lora_job {
+    const nbi_kernels *k;
+    const nbi_lora_pair *p;
+    const float *x;
+    float *y, *t;
+    int B;
+    int64_t n_in, n_out;
+    float scale;
+} lora_job;
+
+/* t[b * rank + q] = A[q] . x[b] for items i = b * rank + q in [lo, hi) */
+static void lora_down(void *arg, int64_t lo, int64_t hi, int ith)
 {
-    const int64_t n_in = W->ne[0], n_out = W->ne[1];
+    const lora_job *j = arg;
+    const int r = j->p->rank;
+    (void)ith;
+    for (int64_t i = lo; i < hi; i++) {
+        const int64_t b = i / r, q = i % r;
+        j->k->vec_dot[NB_TYPE_F32]((int)j->n_in, &j->t[i], j->p->a + (size_t)q * (size_t)j->n_in,
+                                   j->x + (size_t)b * (size_t)j->n_in);
+    }
+}
+
+/* y[b][o] += scale * B[o] . t[b] for outputs o in [lo, hi) */
+static void lora_up(void *arg, int64_t lo, int64_t hi, int ith)
+{
+    const lora_job *j = arg;
+    const int r = j->p->rank;
+    (void)ith;
+    for (int64_t o = lo; o < hi; o++)
+        for (int b = 0; b < j->B; b++) {
+            float s;
+            j->k->vec_dot[NB_TYPE_F32](r, &s, j->p->b + (size_t)o * (size_t)r,
+                                       j->t + (size_t)b * (size_t)r);
+            j->y[(size_t)b * (size_t)j->n_out + (size_t)o] += j->scale * s;
+        }
+}
+
+nb_status nbi_lora_apply(const nbi_kernels *k, nbi_pool *pool, const nbi_lora_use *u, int n_use,
+                         const nbi_tensor *W, const float *x, int B, float *y)
+{
+    nb_status st = NB_OK;
     for (int i = 0; i < n_use; i++)
-        for (int j = 0; j < u[i].lora->n_pairs; j++) {
-            const nbi_lora_pair *p = &u[i].lora->pairs[j];
+        for (int jp = 0; jp < u[i].lora->n_pairs; jp++) {
+            const nbi_lora_pair *p = &u[i].lora->pairs[jp];
             if (p->w != W)
                 continue;
-            const int r = p->rank;
             const float alpha = u[i].lora->alpha;
-            const float scale = alpha != 0 ? u[i].scale * alpha / (float)r : u[i].scale;
-            float t[256];
-            float *tmp = r <= 256 ? t : malloc((size_t)r * sizeof(float));
-            if (!tmp)
-                continue; /* cannot happen for sane ranks; checked at attach time */
-            for (int b = 0; b < B; b++) {
-                const float *xb = x + (size_t)b * n_in;
-                for (int q = 0; q < r; q++) {
-                    const float *ar = p->a + (size_t)q * n_in;
-                    float s = 0;
-                    for (int64_t e = 0; e < n_in; e++)
-                        s += ar[e] * xb[e];
-                    tmp[q] = s;
-                }
-                float *yb = y + (size_t)b * n_out;
-                for (int64_t o = 0; o < n_out; o++) {
-                    const float *br = p->b + (size_t)o * r;
-                    float s = 0;
-                    for (int q = 0; q < r; q++)
-                        s += br[q] * tmp[q];
-                    yb[o] += scale * s;
-                }
+            lora_job j = {.k = k, .p = p, .x = x, .y = y, .B = B, .n_in = W->ne[0],
+                          .n_out = W->ne[1],
+                          .scale = alpha != 0 ? u[i].scale * alpha / (float)p->rank : u[i].scale};
+            j.t = nbi_malloc_array((size_t)B * (size_t)p->rank, sizeof(float));
+            if (!j.t) {
+                st = NB_ERR_NOMEM;
+                continue;
             }
-            if (tmp != t)
-                free(tmp);
+            const int64_t n_down = (int64_t)B * p->rank;
+            nbi_pool_run_chunked(pool, n_down, NBI_MAX(1, n_down / 64), lora_down, &j);
+            nbi_pool_run_chunked(pool, j.n_out, 64, lora_up, &j);
+            free(j.t);
         }
+    return st;
 }
