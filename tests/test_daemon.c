@@ -39,70 +39,8 @@ static char *model(const char *name)
     return nbt_data_path(rel);
 }
 
-static nb_client *connect_to(const char *sock)
-{
-    nb_client_params p = nb_client_default_params();
-    p.socket = sock;
-    p.autostart = 0;
-    nb_client *c = NULL;
-    char err[512];
-    if (nb_client_connect(&p, &c, err, sizeof err))
-        return NULL;
-    return c;
-}
-
 #define start nbt_daemon_start
 #define stop nbt_daemon_stop
-
-static void send_json(nb_client *c, const char *fmt, ...)
-{
-    char buf[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    assert_int_equal(nb_client_send(c, buf, strlen(buf)), NB_OK);
-}
-
-static json_t *next_event(nb_client *c, int timeout_ms)
-{
-    char *line;
-    nb_status st = nb_client_read(c, &line, NULL, timeout_ms);
-    if (st || !line)
-        return NULL;
-    json_t *j = json_loads(line, 0, NULL);
-    if (!j)
-        fail_msg("not JSON: %s", line);
-    free(line);
-    return j;
-}
-
-/* Read events until the final one; returns it and the streamed text. */
-static json_t *finish(nb_client *c, char **text)
-{
-    size_t cap = 1 << 16, len = 0;
-    char *t = calloc(1, cap);
-    for (;;) {
-        json_t *e = next_event(c, 30000);
-        if (!e)
-            fail_msg("no final event");
-        if (json_is_true(json_object_get(e, "done"))) {
-            if (text)
-                *text = t;
-            else
-                free(t);
-            return e;
-        }
-        const char *piece = json_string_value(json_object_get(e, "text"));
-        if (piece) {
-            size_t n = strlen(piece);
-            assert_true(len + n < cap);
-            memcpy(t + len, piece, n + 1);
-            len += n;
-        }
-        json_decref(e);
-    }
-}
 
 static const char *str(json_t *o, const char *k)
 {
@@ -127,23 +65,23 @@ static void test_agreement(void **state)
         char *m = model(models[mi]);
         daemon_t d;
         start(&d, m, NULL);
-        nb_client *c = connect_to(d.sock);
+        nb_client *c = nbt_connect(d.sock);
         for (int pi = 0; pi < 3; pi++) {
             char *want = nbt_eval_text(m, prompts[pi], 40);
-            send_json(c, "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"%s\",\"n_predict\":40,"
+            nbt_send(c, "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"%s\",\"n_predict\":40,"
                          "\"temperature\":0}", pi, prompts[pi]);
             char *got;
-            json_t *fin = finish(c, &got);
+            json_t *fin = nbt_finish(c, &got);
             assert_int_equal(num(fin, "id"), pi);
             assert_string_equal(got, want);
             json_decref(fin);
             free(got);
             /* these models have no FIM tokens: with "fallback": "prefix" an
              * infill completes its prefix, and says so */
-            send_json(c, "{\"op\":\"infill\",\"id\":%d,\"prefix\":\"%s\",\"suffix\":\"THE END\","
+            nbt_send(c, "{\"op\":\"infill\",\"id\":%d,\"prefix\":\"%s\",\"suffix\":\"THE END\","
                          "\"fallback\":\"prefix\",\"n_predict\":40,\"temperature\":0}",
                       pi, prompts[pi]);
-            fin = finish(c, &got);
+            fin = nbt_finish(c, &got);
             assert_string_equal(got, want);
             json_t *inf = json_object_get(fin, "infill");
             assert_true(json_is_false(json_object_get(inf, "fim")));
@@ -196,11 +134,11 @@ static void test_infill_fim(void **state)
 
     daemon_t d;
     start(&d, m, NULL);
-    nb_client *c = connect_to(d.sock);
-    send_json(c, "{\"op\":\"infill\",\"id\":1,\"prefix\":\"def add(a, b):\\n    \","
+    nb_client *c = nbt_connect(d.sock);
+    nbt_send(c, "{\"op\":\"infill\",\"id\":1,\"prefix\":\"def add(a, b):\\n    \","
                  "\"suffix\":\"\\n    return c\\n\",\"n_predict\":16,\"temperature\":0}");
     char *got;
-    json_t *fin = finish(c, &got);
+    json_t *fin = nbt_finish(c, &got);
     json_t *inf = json_object_get(fin, "infill");
     assert_true(json_is_true(json_object_get(inf, "fim")));
     assert_string_equal(got, want);
@@ -227,13 +165,13 @@ static void test_concurrency(void **state)
         "\"temperature\":0.9}"};
     char *alone[2];
     for (int i = 0; i < 2; i++) {
-        nb_client *c = connect_to(d.sock);
+        nb_client *c = nbt_connect(d.sock);
         assert_int_equal(nb_client_send(c, req[i], strlen(req[i])), NB_OK);
-        json_decref(finish(c, &alone[i]));
+        json_decref(nbt_finish(c, &alone[i]));
         nb_client_close(c);
     }
     /* both at once, on two connections, reading them interleaved */
-    nb_client *c[2] = {connect_to(d.sock), connect_to(d.sock)};
+    nb_client *c[2] = {nbt_connect(d.sock), nbt_connect(d.sock)};
     for (int i = 0; i < 2; i++)
         assert_int_equal(nb_client_send(c[i], req[i], strlen(req[i])), NB_OK);
     char *both[2] = {calloc(1, 1 << 16), calloc(1, 1 << 16)};
@@ -242,7 +180,7 @@ static void test_concurrency(void **state)
         for (int i = 0; i < 2; i++) {
             if (done[i])
                 continue;
-            json_t *e = next_event(c[i], 10);
+            json_t *e = nbt_event(c[i], 10);
             if (!e)
                 continue;
             if (json_is_true(json_object_get(e, "done"))) {
@@ -276,31 +214,31 @@ static void test_prefix_reuse(void **state)
     char *m = model("stories260K.gguf");
     daemon_t d;
     start(&d, m, NULL);
-    nb_client *c = connect_to(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     const char *first = "One day, a big bird flew over the house.";
-    send_json(c, "{\"op\":\"tokenize\",\"text\":\"%s\"}", first);
-    json_t *tok = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"tokenize\",\"text\":\"%s\"}", first);
+    json_t *tok = nbt_event(c, 5000);
     long long n1 = (long long)json_array_size(json_object_get(tok, "tokens"));
     json_decref(tok);
     /* n_predict 0 evaluates the prompt only: the cache holds exactly it */
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"%s\",\"n_predict\":0}", first);
-    json_t *f1 = finish(c, NULL);
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"%s\",\"n_predict\":0}", first);
+    json_t *f1 = nbt_finish(c, NULL);
     assert_int_equal(num(f1, "n_generated"), 0);
     assert_int_equal(num(f1, "n_cached"), 0);
     assert_int_equal(num(f1, "n_evaluated"), n1);
     json_decref(f1);
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"%s The bird was happy.\",\"n_predict\":3,"
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"%s The bird was happy.\",\"n_predict\":3,"
                  "\"temperature\":0}", first);
-    json_t *f2 = finish(c, NULL);
+    json_t *f2 = nbt_finish(c, NULL);
     assert_int_equal(num(f2, "n_cached"), n1);
     assert_int_equal(num(f2, "n_evaluated"), num(f2, "n_prompt") - n1);
     assert_true(num(f2, "n_evaluated") > 0);
     json_decref(f2);
     /* sessions keep their own slot; status shows what is cached */
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"Tom\",\"n_predict\":2,\"session\":\"s1\"}");
-    json_decref(finish(c, NULL));
-    send_json(c, "{\"op\":\"status\",\"id\":9}");
-    json_t *st = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"Tom\",\"n_predict\":2,\"session\":\"s1\"}");
+    json_decref(nbt_finish(c, NULL));
+    nbt_send(c, "{\"op\":\"status\",\"id\":9}");
+    json_t *st = nbt_event(c, 5000);
     assert_int_equal(num(st, "id"), 9);
     assert_true(json_is_true(json_object_get(st, "loaded")));
     assert_int_equal(json_array_size(json_object_get(st, "slots")), 4);
@@ -334,19 +272,19 @@ static void test_cancel(void **state)
     const char *extra[] = {"-c", "100000", NULL};
     daemon_t d;
     start(&d, m, extra);
-    nb_client *c = connect_to(d.sock);
-    send_json(c, "{\"op\":\"complete\",\"id\":5,\"prompt\":\"hello\",\"n_predict\":-1,"
+    nb_client *c = nbt_connect(d.sock);
+    nbt_send(c, "{\"op\":\"complete\",\"id\":5,\"prompt\":\"hello\",\"n_predict\":-1,"
                  "\"ignore_eos\":true}");
     /* wait until it streams */
-    json_t *e = next_event(c, 10000);
+    json_t *e = nbt_event(c, 10000);
     assert_non_null(e);
     json_decref(e);
     double t0 = now_ms();
-    send_json(c, "{\"op\":\"cancel\",\"id\":6,\"target\":5}");
+    nbt_send(c, "{\"op\":\"cancel\",\"id\":6,\"target\":5}");
     int ok_seen = 0;
     json_t *fin = NULL;
     while (!fin) {
-        e = next_event(c, 5000);
+        e = nbt_event(c, 5000);
         assert_non_null(e);
         if (num(e, "id") == 6) {
             assert_true(json_is_true(json_object_get(e, "ok")));
@@ -364,18 +302,18 @@ static void test_cancel(void **state)
     assert_true(ms < 100);
     json_decref(fin);
     if (!ok_seen) {
-        e = next_event(c, 5000);
+        e = nbt_event(c, 5000);
         assert_true(json_is_true(json_object_get(e, "ok")));
         json_decref(e);
     }
     /* cancelling what is not running says so */
-    send_json(c, "{\"op\":\"cancel\",\"target\":5}");
-    e = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"cancel\",\"target\":5}");
+    e = nbt_event(c, 5000);
     assert_true(json_is_false(json_object_get(e, "ok")));
     json_decref(e);
     /* status counts it */
-    send_json(c, "{\"op\":\"status\"}");
-    e = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"status\"}");
+    e = nbt_event(c, 5000);
     assert_int_equal(num(e, "cancelled"), 1);
     json_decref(e);
     nb_client_close(c);
@@ -383,7 +321,7 @@ static void test_cancel(void **state)
     /* a client killed mid-stream: the daemon goes on serving others */
     pid_t kid = fork();
     if (kid == 0) {
-        nb_client *k = connect_to(d.sock);
+        nb_client *k = nbt_connect(d.sock);
         const char *r = "{\"op\":\"complete\",\"prompt\":\"hello\",\"n_predict\":-1,\"ignore_eos\":true}\n";
         nb_client_send(k, r, strlen(r));
         char *line;
@@ -394,15 +332,15 @@ static void test_cancel(void **state)
     usleep(200000);
     kill(kid, SIGKILL);
     waitpid(kid, NULL, 0);
-    c = connect_to(d.sock);
+    c = nbt_connect(d.sock);
     assert_non_null(c);
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"hi\",\"n_predict\":5}");
-    json_t *f = finish(c, NULL);
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"hi\",\"n_predict\":5}");
+    json_t *f = nbt_finish(c, NULL);
     assert_string_equal(str(f, "stop_reason"), "length");
     json_decref(f);
     /* and the killed client's slot was freed */
-    send_json(c, "{\"op\":\"status\"}");
-    e = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"status\"}");
+    e = nbt_event(c, 5000);
     size_t i;
     json_t *s;
     json_array_foreach(json_object_get(e, "slots"), i, s) assert_false(json_is_true(json_object_get(s, "busy")));
@@ -416,7 +354,7 @@ static void test_cancel(void **state)
 
 static void expect_error(nb_client *c, const char *code)
 {
-    json_t *e = next_event(c, 5000);
+    json_t *e = nbt_event(c, 5000);
     if (!e)
         fail_msg("no reply (expected %s)", code);
     assert_string_equal(str(e, "stop_reason"), "error");
@@ -434,7 +372,7 @@ static void test_bad_input(void **state)
     const char *extra[] = {"-c", "32", NULL};
     daemon_t d;
     start(&d, m, extra);
-    nb_client *c = connect_to(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     const char *bad[][2] = {
         {"this is not json", "invalid_json"},
         {"[1,2,3]", "invalid_json"},
@@ -464,12 +402,12 @@ static void test_bad_input(void **state)
         expect_error(c, bad[i][1]);
     }
     /* the connection still works */
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
-    json_decref(finish(c, NULL));
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_decref(nbt_finish(c, NULL));
     nb_client_close(c);
 
     /* a 100 MB line hits the frame cap: an error, then the connection closes */
-    c = connect_to(d.sock);
+    c = nbt_connect(d.sock);
     size_t big = 100u << 20;
     char *huge = malloc(big);
     memset(huge, 'x', big);
@@ -482,9 +420,9 @@ static void test_bad_input(void **state)
     nb_client_close(c);
 
     /* the daemon is still up for the next client */
-    c = connect_to(d.sock);
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
-    json_t *f = finish(c, NULL);
+    c = nbt_connect(d.sock);
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_t *f = nbt_finish(c, NULL);
     assert_string_equal(str(f, "stop_reason"), "length");
     json_decref(f);
     nb_client_close(c);
@@ -519,7 +457,7 @@ static void test_startup_and_permissions(void **state)
     assert_non_null(strstr(err, "already"));
     free(out), free(err);
     /* and the first still answers */
-    nb_client *c = connect_to(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     assert_non_null(c);
     nb_client_close(c);
 
@@ -553,9 +491,9 @@ static void test_startup_and_permissions(void **state)
         chmod(d.sock, 0600);
         chmod(run, 0700);
         /* the daemon refused that one and serves us still */
-        c = connect_to(d.sock);
-        send_json(c, "{\"op\":\"status\"}");
-        json_t *st2 = next_event(c, 5000);
+        c = nbt_connect(d.sock);
+        nbt_send(c, "{\"op\":\"status\"}");
+        json_t *st2 = nbt_event(c, 5000);
         assert_non_null(st2);
         json_decref(st2);
         nb_client_close(c);
@@ -594,7 +532,7 @@ static void test_startup_and_permissions(void **state)
         execl(bin, bin, "-m", m, "--socket", sock2, "--config", "/dev/null", (char *)NULL);
         _exit(127);
     }
-    for (int i = 0; i < 500 && !(c = connect_to(sock2)); i++)
+    for (int i = 0; i < 500 && !(c = nbt_connect(sock2)); i++)
         usleep(10000);
     assert_non_null(c);
     nb_client_close(c);
@@ -623,22 +561,22 @@ static void test_keep_alive(void **state)
     const char *extra[] = {"-k", "0.3", NULL};
     daemon_t d;
     start(&d, m, extra);
-    nb_client *c = connect_to(d.sock);
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
-    json_decref(finish(c, NULL));
+    nb_client *c = nbt_connect(d.sock);
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_decref(nbt_finish(c, NULL));
     usleep(800000);
-    send_json(c, "{\"op\":\"status\"}");
-    json_t *st = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"status\"}");
+    json_t *st = nbt_event(c, 5000);
     assert_true(json_is_false(json_object_get(st, "loaded")));
     assert_int_equal(num(st, "loads"), 1);
     json_decref(st);
     /* the next request loads the weights again, transparently */
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
-    json_t *f = finish(c, NULL);
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"x\",\"n_predict\":2}");
+    json_t *f = nbt_finish(c, NULL);
     assert_string_equal(str(f, "stop_reason"), "length");
     json_decref(f);
-    send_json(c, "{\"op\":\"status\"}");
-    st = next_event(c, 5000);
+    nbt_send(c, "{\"op\":\"status\"}");
+    st = nbt_event(c, 5000);
     assert_true(json_is_true(json_object_get(st, "loaded")));
     assert_int_equal(num(st, "loads"), 2);
     json_decref(st);
@@ -657,14 +595,14 @@ static void test_shutdown_cancels(void **state)
     const char *extra[] = {"-c", "100000", NULL};
     daemon_t d;
     start(&d, m, extra);
-    nb_client *c = connect_to(d.sock), *c2 = connect_to(d.sock);
-    send_json(c, "{\"op\":\"complete\",\"id\":1,\"prompt\":\"hello\",\"n_predict\":-1,\"ignore_eos\":true}");
-    json_decref(next_event(c, 10000));
-    send_json(c2, "{\"op\":\"shutdown\"}");
-    json_t *ok = next_event(c2, 5000);
+    nb_client *c = nbt_connect(d.sock), *c2 = nbt_connect(d.sock);
+    nbt_send(c, "{\"op\":\"complete\",\"id\":1,\"prompt\":\"hello\",\"n_predict\":-1,\"ignore_eos\":true}");
+    json_decref(nbt_event(c, 10000));
+    nbt_send(c2, "{\"op\":\"shutdown\"}");
+    json_t *ok = nbt_event(c2, 5000);
     assert_true(json_is_true(json_object_get(ok, "ok")));
     json_decref(ok);
-    json_t *f = finish(c, NULL);
+    json_t *f = nbt_finish(c, NULL);
     assert_string_equal(str(f, "stop_reason"), "cancelled");
     json_decref(f);
     int status;
@@ -702,13 +640,13 @@ static void test_autostart(void **state)
     char err[512];
     if (nb_client_connect(&p, &c, err, sizeof err))
         fail_msg("%s", err);
-    send_json(c, "{\"op\":\"complete\",\"prompt\":\"Once upon a time\",\"n_predict\":8,\"temperature\":0}");
+    nbt_send(c, "{\"op\":\"complete\",\"prompt\":\"Once upon a time\",\"n_predict\":8,\"temperature\":0}");
     char *text;
-    json_decref(finish(c, &text));
+    json_decref(nbt_finish(c, &text));
     assert_true(strlen(text) > 0);
     free(text);
-    send_json(c, "{\"op\":\"shutdown\"}");
-    json_decref(next_event(c, 5000));
+    nbt_send(c, "{\"op\":\"shutdown\"}");
+    json_decref(nbt_event(c, 5000));
     nb_client_close(c);
     /* wait for it to go, then: no model, no daemon, a clear error */
     for (int i = 0; i < 200 && access(sock, F_OK) == 0; i++)
