@@ -678,6 +678,60 @@ static void test_daemon_adapters(void **state)
     free(lora);
 }
 
+/* nibble synth --lora-rank writes an adapter the model of the same shape
+ * takes: scale 0 changes nothing, scale 1 changes the continuation's
+ * logits, and lora-merge of it agrees with applying it (no reference data
+ * needed). */
+static void test_synth_adapter(void **state)
+{
+    (void)state;
+    char *model = nbt_write_temp("", 0, ".gguf"), *adapter = nbt_write_temp("", 0, ".gguf");
+    char *merged = nbt_write_temp("", 0, ".gguf");
+    char *a1[] = {(char *)nbt_bin("nibble"), "synth", "-p", "tiny", "--type", "F32", "-o", model,
+                  NULL};
+    assert_int_equal(nbt_run(a1, NULL, NULL, 60), 0);
+    char *a2[] = {(char *)nbt_bin("nibble"), "synth", "-p", "tiny", "--lora-rank", "4", "-o",
+                  adapter, NULL};
+    assert_int_equal(nbt_run(a2, NULL, NULL, 60), 0);
+    char *a3[] = {(char *)nbt_bin("nibble"), "lora-merge", "--lora-scale", "0.3", model, adapter,
+                  merged, NULL};
+    assert_int_equal(nbt_run(a3, NULL, NULL, 60), 0);
+
+    nb_model *m = NULL, *mm = NULL;
+    char err[256];
+    assert_int_equal(nb_model_open(model, NULL, &m, err, sizeof err), NB_OK);
+    assert_int_equal(nb_model_open(merged, NULL, &mm, err, sizeof err), NB_OK);
+    nb_lora *a = NULL;
+    assert_int_equal(nb_lora_open(m, adapter, &a, err, sizeof err), NB_OK);
+    assert_int_equal(nb_lora_n_pairs(a), 2 * 7); /* 2 layers x 7 matrices */
+    int n = nb_model_n_vocab(m);
+    float *base = last_logits(m, NULL, 0), *zero = last_logits(m, a, 0.0f),
+          *on = last_logits(m, a, 0.3f), *folded = last_logits(mm, NULL, 0);
+    assert_memory_equal(base, zero, (size_t)n * sizeof *base);
+    float d_on = 0, d_merge = 0;
+    for (int i = 0; i < n; i++) {
+        d_on = fmaxf(d_on, fabsf(on[i] - base[i]));
+        d_merge = fmaxf(d_merge, fabsf(on[i] - folded[i]));
+    }
+    print_message("synth adapter: max |d logit| %.4f applied, %.6f merged vs applied\n", d_on,
+                  d_merge);
+    assert_true(d_on > 0.01f);
+    assert_true(d_merge <= 0.05f);
+    free(base);
+    free(zero);
+    free(on);
+    free(folded);
+    nb_lora_close(a);
+    nb_model_close(mm);
+    nb_model_close(m);
+    unlink(model);
+    unlink(adapter);
+    unlink(merged);
+    free(model);
+    free(adapter);
+    free(merged);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +744,7 @@ int main(void)
         cmocka_unit_test(test_pair_types),
         cmocka_unit_test(test_malformed_pairs),
         cmocka_unit_test(test_daemon_adapters),
+        cmocka_unit_test(test_synth_adapter),
     };
     return cmocka_run_group_tests_name("lora", tests, NULL, NULL);
 }

@@ -34,7 +34,7 @@
 #include "tools.h"
 
 static const char bench_usage[] =
-    "usage: nibble bench -m MODEL [-t N] [-p 512] [-n 128] [-r 1] [--json]\n"
+    "usage: nibble bench -m MODEL [-t N] [-p 512] [-n 128] [-r 1] [--lora FILE] [--json]\n"
     "\n"
     "Measure prompt processing (pp) and generation (tg) speed, and the memory\n"
     "read bandwidth in the same run.\n"
@@ -44,6 +44,8 @@ static const char bench_usage[] =
     "  -p, --prompt N      prompt tokens for pp (default 512; 0 skips pp)\n"
     "  -n, --gen N         generated tokens for tg (default 128; 0 skips tg)\n"
     "  -r, --reps N        repetitions, best kept (default 1)\n"
+    "      --lora FILE     apply a LoRA adapter (repeatable; --lora-scale S after\n"
+    "                      it); its F32 matrices count as bytes read per token\n"
     "      --json          one JSON object per thread count, one per line\n"
     "      --daemon        instead: start nibd on the model (private socket) and\n"
     "                      measure a request's round trip and the time to first\n"
@@ -188,8 +190,18 @@ typedef struct result {
     double pp, tg, bandwidth, efficiency;
 } result;
 
-static int run_one(const nb_model *m, int threads, int n_prompt, int n_gen, int reps,
-                   result *r)
+/* Bytes of an adapter's F32 matrices, read for every token. */
+static uint64_t lora_bytes(const nb_lora *a)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < a->n_pairs; i++)
+        total += (uint64_t)(a->pairs[i].w->ne[0] + a->pairs[i].w->ne[1]) *
+                 (uint64_t)a->pairs[i].rank * sizeof(float);
+    return total;
+}
+
+static int run_one(const nb_model *m, tool_lora *lora, int threads, int n_prompt, int n_gen,
+                   int reps, result *r)
 {
     nb_ctx_params cp = nb_ctx_default_params();
     cp.n_threads = threads;
@@ -199,6 +211,10 @@ static int run_one(const nb_model *m, int threads, int n_prompt, int n_gen, int 
     char err[256];
     if (nb_ctx_new(m, &cp, &c, err, sizeof err)) {
         tool_error("%s", err);
+        return -1;
+    }
+    if (tool_lora_attach(lora, m, c)) {
+        nb_ctx_free(c);
         return -1;
     }
     int n_vocab = nb_model_n_vocab(m);
@@ -534,8 +550,10 @@ int cmd_bench(int argc, char **argv)
         {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
         {"reps", required_argument, 0, 'r'},  {"json", no_argument, 0, 'J'},
         {"daemon", no_argument, 0, 'D'},      {"nib", required_argument, 0, 'N'},
+        {"lora", required_argument, 0, 'L'}, {"lora-scale", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *path = getenv("NIBBLE_MODEL");
+    tool_lora lora = {0};
     long threads = 0, n_prompt = 512, n_gen = 128, reps = 1;
     int json = 0, daemon = 0, c;
     const char *nib = NULL;
@@ -562,6 +580,11 @@ int cmd_bench(int argc, char **argv)
         case 'J': json = 1; break;
         case 'D': daemon = 1; break;
         case 'N': nib = optarg; break;
+        case 'L':
+        case 'S':
+            if (tool_lora_arg(&lora, "bench", c == 'S', optarg))
+                return EXIT_USAGE;
+            break;
         case 'h': fputs(bench_usage, stdout); return EXIT_OK;
         default: return tool_usage_error("bench", "unknown option");
         }
@@ -572,6 +595,8 @@ int cmd_bench(int argc, char **argv)
         return tool_usage_error("bench", "no model: give -m FILE or set NIBBLE_MODEL");
     if (nib && !daemon)
         return tool_usage_error("bench", "--nib goes with --daemon");
+    if (daemon && lora.n)
+        return tool_usage_error("bench", "--lora does not go with --daemon");
     if (daemon)
         return bench_daemon(path, (int)threads, json, nib);
 
@@ -583,6 +608,16 @@ int cmd_bench(int argc, char **argv)
     nb_model_info info;
     nb_model_get_info(m, &info);
     uint64_t per_token = weight_bytes_per_token(m);
+    char err[512];
+    for (int i = 0; i < lora.n; i++) {
+        if (nb_lora_open(m, lora.path[i], &lora.lora[i], err, sizeof err)) {
+            tool_error("%s", err);
+            tool_lora_free(&lora);
+            nb_model_close(m);
+            return EXIT_ERR;
+        }
+        per_token += lora_bytes(lora.lora[i]);
+    }
     int counts[2] = {1, nb_physical_cores()};
     int n_counts = counts[1] > 1 ? 2 : 1;
     if (threads) {
@@ -592,14 +627,16 @@ int cmd_bench(int argc, char **argv)
     char *pcopy = strdup(path);
     const char *base = pcopy ? basename(pcopy) : path;
     if (!json)
-        printf("model %s: %s, %.2f M parameters, %.1f MiB of weights read per token\n", base,
-               info.file_type, (double)info.n_params / 1e6, (double)per_token / 1048576.0);
+        printf("model %s: %s, %.2f M parameters, %.1f MiB of weights read per token%s\n", base,
+               info.file_type, (double)info.n_params / 1e6, (double)per_token / 1048576.0,
+               lora.n ? " (LoRA adapters included)" : "");
     if (!json)
         printf("%7s %12s %12s %14s %13s\n", "threads", "pp tok/s", "tg tok/s", "read GB/s",
                "tg efficiency");
     for (int i = 0; i < n_counts; i++) {
         result r = {0};
-        if (run_one(m, counts[i], (int)n_prompt, (int)n_gen, (int)reps, &r)) {
+        if (run_one(m, &lora, counts[i], (int)n_prompt, (int)n_gen, (int)reps, &r)) {
+            tool_lora_free(&lora);
             nb_model_close(m);
             free(pcopy);
             return EXIT_ERR;
@@ -636,6 +673,7 @@ int cmd_bench(int argc, char **argv)
     } else
         printf("load %.1f ms (mapped, pages read on first use), peak RSS %.1f MiB, kernels %s\n",
                load_ms, (double)ru.ru_maxrss / 1024.0, nbi_kernels_get()->level);
+    tool_lora_free(&lora);
     nb_model_close(m);
     free(pcopy);
     return EXIT_OK;

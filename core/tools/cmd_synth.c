@@ -197,8 +197,70 @@ done:
     return st;
 }
 
+/* --lora-rank: an adapter for the model of shape sh, with a lora_a
+ * (n_in, rank) and lora_b (rank, n_out) pair for each matrix of each layer,
+ * filled like the model's matrices (standard deviation 1/sqrt(inputs)). */
+static int synth_lora(const char *out, const shape *sh, int wtype, int rank, uint64_t seed)
+{
+    int rc = EXIT_ERR;
+    nbi_gw *w = NULL;
+    const int64_t head_dim = sh->embd / sh->heads, E = sh->embd, F = sh->ff;
+    const int64_t KV = (int64_t)sh->kv_heads * head_dim;
+    const struct {
+        const char *name;
+        int64_t n_in, n_out;
+    } mats[] = {{"attn_q", E, E},      {"attn_k", E, KV},   {"attn_v", E, KV},
+                {"attn_output", E, E}, {"ffn_gate", E, F}, {"ffn_up", E, F},
+                {"ffn_down", F, E}};
+    const int n_mats = (int)(sizeof mats / sizeof mats[0]);
+    int64_t nt = 2 * n_mats * (int64_t)sh->layers;
+    synth s = {seed, wtype, nt, calloc((size_t)nt, sizeof *s.names),
+               calloc((size_t)nt, sizeof *s.types), calloc((size_t)nt, sizeof *s.ne), isatty(2)};
+    char name[160], err[512];
+    if (!s.names || !s.types || !s.ne || nbi_gw_new(&w)) {
+        tool_error("out of memory");
+        goto done;
+    }
+    snprintf(name, sizeof name, "nibble synth %s LoRA rank %d", sh->name, rank);
+    if (nbi_gw_str(w, "general.architecture", "llama") || nbi_gw_str(w, "general.name", name) ||
+        nbi_gw_str(w, "general.type", "adapter") || nbi_gw_str(w, "adapter.type", "lora") ||
+        nbi_gw_f32(w, "adapter.lora.alpha", (float)rank)) {
+        tool_error("out of memory");
+        goto done;
+    }
+    int64_t k = 0;
+    for (int l = 0; l < sh->layers; l++)
+        for (int j = 0; j < n_mats; j++)
+            for (int half = 0; half < 2; half++, k++) {
+                snprintf(s.names[k], sizeof s.names[k], "blk.%d.%s.weight.lora_%c", l,
+                         mats[j].name, half ? 'b' : 'a');
+                s.ne[k][0] = half ? rank : mats[j].n_in;
+                s.ne[k][1] = half ? mats[j].n_out : rank;
+                s.ne[k][2] = s.ne[k][3] = 1;
+                s.types[k] = wtype;
+                if (nbi_gw_tensor(w, s.names[k], wtype, 2, s.ne[k])) {
+                    tool_error("cannot describe tensor %s", s.names[k]);
+                    goto done;
+                }
+            }
+    nb_status st = nbi_gw_write(w, out, fill, &s, err, sizeof err);
+    if (s.is_tty)
+        fputc('\n', stderr);
+    if (st) {
+        tool_error("%s", err);
+        goto done;
+    }
+    rc = EXIT_OK;
+done:
+    free(s.names);
+    free(s.types);
+    free(s.ne);
+    nbi_gw_free(w);
+    return rc;
+}
+
 enum { OPT_VOCAB = 256, OPT_TYPE, OPT_EMBD, OPT_LAYERS, OPT_HEADS, OPT_KV, OPT_FF, OPT_CTX,
-       OPT_NVOCAB, OPT_ROPE };
+       OPT_NVOCAB, OPT_ROPE, OPT_LORA_RANK };
 
 int cmd_synth(int argc, char **argv)
 {
@@ -210,13 +272,14 @@ int cmd_synth(int argc, char **argv)
         {"kv-heads", required_argument, 0, OPT_KV}, {"ff", required_argument, 0, OPT_FF},
         {"ctx", required_argument, 0, OPT_CTX}, {"n-vocab", required_argument, 0, OPT_NVOCAB},
         {"rope-base", required_argument, 0, OPT_ROPE}, {"help", no_argument, 0, 'h'},
+        {"lora-rank", required_argument, 0, OPT_LORA_RANK},
         {0, 0, 0, 0}};
     const char *out = NULL, *vocab = NULL, *type_name = "F16";
     shape sh = presets[0];
     unsigned long long seed = 1;
     long v;
     double dv;
-    int c, n_vocab_given = 0;
+    int c, n_vocab_given = 0, lora_rank = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:p:s:h", opts, NULL)) != -1) {
         int *dim = NULL;
@@ -247,6 +310,7 @@ int cmd_synth(int argc, char **argv)
         case OPT_FF: dim = &sh.ff; break;
         case OPT_CTX: dim = &sh.ctx; hi = 1 << 24; break;
         case OPT_NVOCAB: dim = &sh.n_vocab; lo = 259; hi = 1 << 20; n_vocab_given = 1; break;
+        case OPT_LORA_RANK: dim = &lora_rank; hi = 4096; break;
         case OPT_ROPE:
             if (parse_float(optarg, 1, 1e9, &dv))
                 return tool_usage_error("synth", "--rope-base wants a number >= 1, not '%s'", optarg);
@@ -279,6 +343,10 @@ int cmd_synth(int argc, char **argv)
                                 sh.embd, sh.heads, sh.kv_heads);
     if (vocab && n_vocab_given)
         return tool_usage_error("synth", "--n-vocab applies to the built-in vocabulary only");
+    if (lora_rank && vocab)
+        return tool_usage_error("synth", "an adapter (--lora-rank) has no vocabulary");
+    if (lora_rank)
+        return synth_lora(out, &sh, wtype, lora_rank, seed);
 
     int rc = EXIT_ERR;
     nbi_gw *w = NULL;
