@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -33,7 +34,13 @@
 
 #include "sched.h"
 
-#define MAX_OUT (64u << 20)      /* unread event bytes before a client is dropped */
+/* Limits on what one client can make the daemon hold (doc/protocol.md,
+ * "Limits").  A client that leaves more than MAX_OUT bytes of events
+ * unread is dropped and its requests cancelled: a reader that stalls must
+ * not grow the daemon without bound.  One event always fits into an empty
+ * buffer, so a single large answer (stream: false) still goes through. */
+#define MAX_OUT (8u << 20)       /* unread event bytes before a client is dropped */
+#define MAX_CONNS 256            /* connections at once (every one is the same user's) */
 #define MAX_JOBS_PER_CONN 64
 #define READ_CHUNK 65536
 
@@ -73,7 +80,8 @@ typedef struct conn {
     atomic_int refs;
     pthread_mutex_t mu;     /* guards out, closed, jobs */
     int closed;
-    int fatal;              /* stop reading: frame too large, or output overflow */
+    int fatal;              /* stop reading: frame too large (answer, then close) */
+    int dropped;            /* output overflow: close at once, cancelling its jobs */
     int eof;                /* the client shut its sending side: answer, then close */
     char *out;
     size_t out_len, out_cap;
@@ -109,11 +117,15 @@ static void conn_unref(conn *c)
 /* Under c->mu. */
 static void conn_append(conn *c, const char *line, size_t n)
 {
-    if (c->closed || c->fatal)
+    if (c->closed || c->fatal || c->dropped)
         return;
-    if (c->out_len + n > MAX_OUT) {
-        nbd_log(1, "a client stopped reading; dropping it");
-        c->fatal = 1;
+    if (c->out_len && c->out_len + n > MAX_OUT) {
+        nbd_log(1, "a client left %zu bytes unread (at most %u); dropping it", c->out_len,
+                MAX_OUT);
+        c->dropped = 1;
+        free(c->out);
+        c->out = NULL;
+        c->out_len = c->out_cap = 0;
         return;
     }
     if (c->out_len + n > c->out_cap) {
@@ -122,7 +134,7 @@ static void conn_append(conn *c, const char *line, size_t n)
             cap *= 2;
         char *no = realloc(c->out, cap);
         if (!no) {
-            c->fatal = 1;
+            c->dropped = 1;
             return;
         }
         c->out = no;
@@ -297,13 +309,15 @@ static int conn_read(conn *c)
         c->in_len += (size_t)r;
         /* handle every complete line */
         size_t start = 0;
+        int too_long = 0;
         for (;;) {
             char *nl = memchr(c->in + start, '\n', c->in_len - start);
             if (!nl)
                 break;
             size_t len = (size_t)(nl - (c->in + start));
             if (len > NBD_MAX_FRAME) {
-                start = c->in_len; /* cannot happen: caught below first */
+                /* the whole line arrived in the read that crossed the limit */
+                too_long = 1;
                 break;
             }
             if (len && !shutting_down)
@@ -312,7 +326,13 @@ static int conn_read(conn *c)
         }
         memmove(c->in, c->in + start, c->in_len - start);
         c->in_len -= start;
-        if (c->in_len > NBD_MAX_FRAME) {
+        if (!c->in_len && c->in_cap > 2 * READ_CHUNK) {
+            /* a large request is done with: do not keep its buffer */
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+        if (too_long || c->in_len > NBD_MAX_FRAME) {
             char msg[128];
             snprintf(msg, sizeof msg, "a line is longer than %u bytes", NBD_MAX_FRAME);
             nbd_log(1, "dropping a client: %s", msg);
@@ -454,10 +474,22 @@ static int open_socket(const char *path, char *err, size_t errlen)
     return fd;
 }
 
+static int spare_fd = -1; /* given up to accept (and refuse) when out of descriptors */
+
 static void accept_clients(int lfd)
 {
     for (;;) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE) && spare_fd >= 0) {
+            /* take the connection off the queue, or poll() reports it for ever */
+            close(spare_fd);
+            fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                close(fd);
+            spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            nbd_log(1, "out of file descriptors: refused a connection");
+            continue;
+        }
         if (fd < 0)
             return;
         struct ucred cred = {0, (uid_t)-1, (gid_t)-1};
@@ -465,6 +497,20 @@ static void accept_clients(int lfd)
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != getuid()) {
             nbd_log(1, "refused a connection from uid %ld (pid %ld)", (long)cred.uid,
                     (long)cred.pid);
+            close(fd);
+            continue;
+        }
+        int n = 0;
+        for (conn *k = conns; k; k = k->next)
+            n++;
+        if (n >= MAX_CONNS) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "too many connections (at most %d)", MAX_CONNS);
+            nbd_log(1, "refused a connection: %s", msg);
+            char *line = nbd_event_error(NULL, NBD_E_BUSY, msg);
+            if (line && send(fd, line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+                (void)0; /* it learns from the closed connection instead */
+            free(line);
             close(fd);
             continue;
         }
@@ -480,6 +526,24 @@ static void accept_clients(int lfd)
 }
 
 /* ------------------------------------------------------------------ main */
+
+/* A bus error can only come from the model's mapping (the one file nibd
+ * maps): the file was truncated, or rewritten in place, under it, and the
+ * weights are gone.  Nothing can be answered without them; say so, leave
+ * no socket behind (the next client starts a daemon on whatever the file
+ * holds now) and exit.  Only async-signal-safe calls here. */
+static char bus_msg[PATH_MAX + 256];
+static size_t bus_msg_len;
+
+static void on_bus_error(int sig)
+{
+    (void)sig;
+    ssize_t r = write(2, bus_msg, bus_msg_len);
+    (void)r;
+    unlink(sock_path);
+    unlink(lock_path);
+    _exit(1);
+}
 
 static void on_signal(int sig)
 {
@@ -538,6 +602,7 @@ static int serve(int lfd)
     struct pollfd *pfd = NULL;
     conn **pconn = NULL;
     size_t cap = 0;
+    int trim = 0; /* connections closed since the last malloc_trim */
     while (!shutting_down) {
         size_t n = 3;
         for (conn *c = conns; c; c = c->next)
@@ -566,11 +631,20 @@ static int serve(int lfd)
             pconn[k] = c;
             pfd[k++] = (struct pollfd){c->fd, ev, 0};
         }
-        if (poll(pfd, (nfds_t)k, -1) < 0) {
+        int ready = poll(pfd, (nfds_t)k, trim ? 100 : -1);
+        if (ready < 0) {
             if (errno == EINTR)
                 continue;
             nbd_log(0, "poll: %s", strerror(errno));
             break;
+        }
+        if (ready == 0) {
+            /* quiet for a moment after connections went: give their
+             * buffers back to the system (the worker does the same when
+             * it goes idle) */
+            nbd_give_back_memory();
+            trim = 0;
+            continue;
         }
         if (pfd[2].revents) {
             drain(signal_pipe[0]);
@@ -602,11 +676,13 @@ static int serve(int lfd)
                 c->fd = -1;
             }
             pthread_mutex_lock(&c->mu);
-            int done = c->fd < 0 || ((c->fatal || (c->eof && c->n_jobs == 0)) && c->out_len == 0);
+            int done = c->fd < 0 || c->dropped ||
+                       ((c->fatal || (c->eof && c->n_jobs == 0)) && c->out_len == 0);
             pthread_mutex_unlock(&c->mu);
             if (done) {
                 *pp = c->next;
                 conn_close(c);
+                trim = 1;
                 continue;
             }
             pp = &c->next;
@@ -817,6 +893,14 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+#ifdef __GLIBC__
+    /* Buffers of large requests and answers (up to the 8 MiB limits) are
+     * mapped and given back when freed.  glibc's sliding threshold would
+     * move them into the heap after the first one, where they stay: a
+     * daemon that runs for weeks would keep its largest moment for ever. */
+    mallopt(M_MMAP_THRESHOLD, 64 << 10);
+#endif
+    spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (make_pipe(wake_pipe) || make_pipe(signal_pipe)) {
         fprintf(stderr, "nibd: pipe: %s\n", strerror(errno));
         return 1;
@@ -845,6 +929,13 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    int bl = snprintf(bus_msg, sizeof bus_msg,
+                      "nibd error: bus error reading %s: the file was truncated or rewritten in "
+                      "place while in use; stopping (replace a model by renaming a new file "
+                      "over it)\n", o.model);
+    bus_msg_len = bl > 0 && (size_t)bl < sizeof bus_msg ? (size_t)bl : strlen(bus_msg);
+    sa.sa_handler = on_bus_error;
+    sigaction(SIGBUS, &sa, NULL);
     nbd_log(2, "serving %s on %s", o.model, path);
     if (ready >= 0) {
         if (write(ready, "k", 1) < 0)

@@ -23,6 +23,7 @@
 #include "sched.h"
 
 #include <inttypes.h>
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -32,7 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_QUEUE 256
+#define MAX_QUEUE 256 /* jobs waiting for a slot, from every connection (doc/protocol.md) */
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
 int nbd_log_level = 2;
@@ -54,6 +55,13 @@ void nbd_log(int level, const char *fmt, ...)
     vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s\n", line);
+}
+
+void nbd_give_back_memory(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }
 
 static double now_s(void)
@@ -97,7 +105,7 @@ struct nbd_sched {
     pthread_cond_t cv;
     /* under mu */
     nbd_job *head, *tail;
-    int n_queued;
+    int n_queued;          /* jobs without a slot yet: in head..tail or waiting */
     int stop;
     int loaded, loads;
     uint64_t n_requests;
@@ -740,9 +748,20 @@ static int any_busy(const nbd_sched *s)
 static void *worker(void *arg)
 {
     nbd_sched *s = arg;
+    int trim = 0; /* work was done since the last malloc_trim */
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->stop && !s->head && !s->waiting && !any_busy(s)) {
+            if (trim) {
+                /* idle after work: hand the memory freed since back to the
+                 * system, so that a burst of requests does not stay in the
+                 * daemon's RSS for the weeks it runs (make soak checks) */
+                trim = 0;
+                pthread_mutex_unlock(&s->mu);
+                nbd_give_back_memory();
+                pthread_mutex_lock(&s->mu);
+                continue;
+            }
             if (s->loaded && s->o.keep_alive >= 0) {
                 double deadline = s->t_active + s->o.keep_alive;
                 if (now_s() >= deadline) {
@@ -772,8 +791,8 @@ static void *worker(void *arg)
         }
         nbd_job *incoming = s->head;
         s->head = s->tail = NULL;
-        s->n_queued = 0;
         pthread_mutex_unlock(&s->mu);
+        int left = 0; /* jobs that left the waiting list this round */
 
         /* append the new jobs to the waiting list, in order */
         nbd_job **tailp = &s->waiting;
@@ -789,7 +808,11 @@ static void *worker(void *arg)
                     nbd_job *j = s->waiting;
                     s->waiting = j->next;
                     fail_job(j, NBD_E_INTERNAL, err);
+                    left++;
                 }
+                pthread_mutex_lock(&s->mu);
+                s->n_queued -= left;
+                pthread_mutex_unlock(&s->mu);
                 continue;
             }
         }
@@ -802,23 +825,32 @@ static void *worker(void *arg)
             if (atomic_load(&j->cancelled)) {
                 *pp = j->next;
                 cancel_job(s, j);
+                left++;
                 continue;
             }
             if (j->req.op == NBD_OP_TOKENIZE) {
                 *pp = j->next;
                 quick_job(s, j);
+                left++;
                 continue;
             }
             nbd_job *next = j->next;
             if (place(s, j) == 0) {
                 *pp = next;
+                left++;
                 continue;
             }
             pp = &j->next;
         }
+        if (left) {
+            pthread_mutex_lock(&s->mu);
+            s->n_queued -= left;
+            pthread_mutex_unlock(&s->mu);
+        }
         run_pass(s);
         s->t_active = now_s();
         publish_slots(s);
+        trim = 1;
     }
     /* stopping: everything still running or waiting ends as cancelled */
     for (int i = 0; i < s->o.n_slots; i++)

@@ -60,6 +60,9 @@ json_t *nbd_sched_status(nbd_sched *s);
 /* End every job with "cancelled", stop the worker, free everything. */
 void nbd_sched_stop(nbd_sched *s);
 
+/* Return freed heap memory to the system (malloc_trim where there is one). */
+void nbd_give_back_memory(void);
+
 /* Log a line on stderr at the given level (0..3). */
 void nbd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 extern int nbd_log_level;

@@ -1,0 +1,417 @@
+/*
+ * test_limits.c - every limit nibd puts on what a client controls
+ * (doc/protocol.md, "Limits"): just under each one is served, just over it
+ * gets the documented error, and the daemon goes on serving.  The limit on
+ * unread output is tested with a slow reader in test_faults.c.
+ *
+ * The model is generated here (nibble synth).
+ */
+#include "testutil.h"
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nibble.h"
+
+#define MAX_FRAME (8u << 20)
+#define MAX_ID 256
+#define MAX_STOPS 16
+#define MAX_STOP_LEN 256
+#define MAX_PREDICT (1 << 20)
+#define MAX_JOBS_PER_CONN 64
+#define MAX_QUEUE 256
+#define MAX_CONNS 256
+
+static char dir[] = "/tmp/nibble-limits-XXXXXX";
+static char model[128];
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(dir))
+        return -1;
+    snprintf(model, sizeof model, "%s/tiny.gguf", dir);
+    char bin[4096];
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
+    char *argv[] = {bin, "synth", "-o", model, NULL};
+    char *o, *e;
+    int rc = nbt_run(argv, &o, &e, 60);
+    free(o), free(e);
+    return rc == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    unlink(model);
+    return rmdir(dir);
+}
+
+static nb_client *dial(const char *sock)
+{
+    nb_client_params p = nb_client_default_params();
+    p.socket = sock;
+    p.autostart = 0;
+    nb_client *c = NULL;
+    if (nb_client_connect(&p, &c, NULL, 0))
+        return NULL;
+    return c;
+}
+
+static json_t *next_event(nb_client *c, int timeout_ms)
+{
+    char *line;
+    if (nb_client_read(c, &line, NULL, timeout_ms) || !line)
+        return NULL;
+    json_t *e = json_loads(line, JSON_ALLOW_NUL, NULL);
+    if (!e)
+        fail_msg("not JSON: %.200s", line);
+    free(line);
+    return e;
+}
+
+static const char *str(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+/* Send a request and check the error it gets: its code, and a message
+ * containing `says`. */
+static void expect_error(nb_client *c, const char *req, const char *code, const char *says)
+{
+    assert_int_equal(nb_client_send(c, req, strlen(req)), NB_OK);
+    json_t *e = next_event(c, 10000);
+    if (!e)
+        fail_msg("no answer to %.200s", req);
+    if (!str(e, "error") || strcmp(str(e, "error"), code))
+        fail_msg("%.200s: got %s (%s), expected %s", req, str(e, "error") ? str(e, "error") : "no error",
+                 str(e, "message") ? str(e, "message") : "", code);
+    assert_string_equal(str(e, "stop_reason"), "error");
+    if (says && !strstr(str(e, "message"), says))
+        fail_msg("%.200s: the message '%s' does not say '%s'", req, str(e, "message"), says);
+    json_decref(e);
+}
+
+/* Send a request and read to its final event, which must not be an error. */
+static json_t *expect_ok(nb_client *c, const char *req)
+{
+    assert_int_equal(nb_client_send(c, req, strlen(req)), NB_OK);
+    for (;;) {
+        json_t *e = next_event(c, 30000);
+        if (!e)
+            fail_msg("no answer to %.200s", req);
+        if (json_is_true(json_object_get(e, "done")) || json_object_get(e, "tokens") ||
+            json_object_get(e, "slots")) {
+            if (str(e, "error"))
+                fail_msg("%.200s: %s: %s", req, str(e, "error"), str(e, "message"));
+            return e;
+        }
+        json_decref(e);
+    }
+}
+
+static char *repeat(char ch, size_t n)
+{
+    char *s = malloc(n + 1);
+    memset(s, ch, n);
+    s[n] = 0;
+    return s;
+}
+
+/* ------------------------------------------------------------------ frame */
+
+static void test_frame_size(void **state)
+{
+    (void)state;
+    nbt_daemon d;
+    nbt_daemon_start(&d, model, NULL);
+    /* a status request padded (unknown keys are ignored) to exactly the
+     * limit is served ... */
+    const char *head = "{\"op\":\"status\",\"pad\":\"", *tail = "\"}";
+    size_t pad = MAX_FRAME - strlen(head) - strlen(tail);
+    char *line = malloc(MAX_FRAME + 2);
+    sprintf(line, "%s", head);
+    memset(line + strlen(head), ' ', pad);
+    memcpy(line + strlen(head) + pad, tail, strlen(tail) + 1);
+    assert_int_equal(strlen(line), MAX_FRAME);
+    nb_client *c = dial(d.sock);
+    json_decref(expect_ok(c, line));
+    /* ... and the connection still serves */
+    json_decref(expect_ok(c, "{\"op\":\"status\"}"));
+    nb_client_close(c);
+    /* one byte more, sent whole, newline included: an error, then the
+     * connection closes */
+    memmove(line + strlen(head) + 1, line + strlen(head), pad + strlen(tail) + 1);
+    line[strlen(head)] = ' ';
+    assert_int_equal(strlen(line), MAX_FRAME + 1);
+    c = dial(d.sock);
+    expect_error(c, line, "frame_too_large", "8388608");
+    char *rest;
+    assert_int_equal(nb_client_read(c, &rest, NULL, 10000), NB_ERR_IO);
+    nb_client_close(c);
+    free(line);
+    /* the daemon serves the next client */
+    c = dial(d.sock);
+    json_decref(expect_ok(c, "{\"op\":\"status\"}"));
+    nb_client_close(c);
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+}
+
+/* ------------------------------------------------------------------ fields */
+
+static void test_request_fields(void **state)
+{
+    (void)state;
+    const char *extra[] = {"-c", "64", NULL};
+    nbt_daemon d;
+    nbt_daemon_start(&d, model, extra);
+    nb_client *c = dial(d.sock);
+    char req[16384];
+
+    /* id: a string of at most 256 bytes */
+    char *id = repeat('i', MAX_ID);
+    snprintf(req, sizeof req, "{\"op\":\"status\",\"id\":\"%s\"}", id);
+    json_t *e = expect_ok(c, req);
+    assert_string_equal(str(e, "id"), id);
+    json_decref(e);
+    snprintf(req, sizeof req, "{\"op\":\"status\",\"id\":\"%sj\"}", id);
+    expect_error(c, req, "invalid_request", "256");
+    /* session: the same */
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":1,\"session\":\"%s\"}", id);
+    json_decref(expect_ok(c, req));
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":1,\"session\":\"%sj\"}", id);
+    expect_error(c, req, "invalid_request", "session");
+    free(id);
+
+    /* stop: at most 16 strings of 1 to 256 bytes */
+    char *stop = repeat('s', MAX_STOP_LEN);
+    size_t n = (size_t)snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":1,\"stop\":[");
+    for (int i = 0; i < MAX_STOPS; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "%s\"%s\"", i ? "," : "", stop);
+    snprintf(req + n, sizeof req - n, "]}");
+    json_decref(expect_ok(c, req));
+    snprintf(req + n, sizeof req - n, ",\"x\"]}");
+    expect_error(c, req, "invalid_request", "at most 16");
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"stop\":[\"%ss\"]}", stop);
+    expect_error(c, req, "invalid_request", "256");
+    expect_error(c, "{\"op\":\"complete\",\"prompt\":\"a\",\"stop\":[\"\"]}", "invalid_request", "stop[0]");
+    free(stop);
+
+    /* n_predict: -1 to 1,048,576 */
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":%d}", MAX_PREDICT + 1);
+    expect_error(c, req, "invalid_request", "n_predict");
+    expect_error(c, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":-2}", "invalid_request",
+                 "n_predict");
+    /* at the limit it is accepted (and ends when the context is full) */
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":%d,\"ignore_eos\":true}",
+             MAX_PREDICT);
+    e = expect_ok(c, req);
+    assert_string_equal(str(e, "stop_reason"), "length");
+    json_decref(e);
+
+    /* prompt tokens: at most the context (64 here) */
+    n = (size_t)snprintf(req, sizeof req, "{\"op\":\"complete\",\"n_predict\":0,\"tokens\":[");
+    for (int i = 0; i < 64; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "%s%d", i ? "," : "", 300 + i);
+    snprintf(req + n, sizeof req - n, "]}");
+    e = expect_ok(c, req);
+    assert_int_equal(json_integer_value(json_object_get(e, "n_prompt")), 64);
+    json_decref(e);
+    snprintf(req + n, sizeof req - n, ",400]}");
+    expect_error(c, req, "context_full", "65 tokens");
+    char *words = repeat('w', 2000); /* a long text prompt: more tokens than fit */
+    for (size_t i = 1; i < 2000; i += 2)
+        words[i] = ' ';
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"%s\"}", words);
+    expect_error(c, req, "context_full", "the context holds 64");
+    free(words);
+    nb_client_close(c);
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+}
+
+/* ------------------------------------------------------------------ concurrency */
+
+static const char *endless = "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"Once upon a time\","
+                             "\"n_predict\":-1,\"ignore_eos\":true}";
+
+/* Read what arrives on c until it is quiet for quiet_ms (or, as a running
+ * request streams, for at most 3 s); count the busy errors and check their
+ * message.  Refusals are sent as the requests are read, long before that. */
+static int count_busy(nb_client *c, const char *says, int quiet_ms)
+{
+    int busy = 0;
+    double end = now_ms() + 3000;
+    for (;;) {
+        json_t *e = now_ms() < end ? next_event(c, quiet_ms) : NULL;
+        if (!e)
+            return busy;
+        if (str(e, "error")) {
+            assert_string_equal(str(e, "error"), "busy");
+            if (!strstr(str(e, "message"), says))
+                fail_msg("busy says '%s', not '%s'", str(e, "message"), says);
+            busy++;
+        }
+        json_decref(e);
+    }
+}
+
+static void test_requests_per_connection(void **state)
+{
+    (void)state;
+    const char *extra[] = {"-s", "1", "-c", "65536", NULL};
+    nbt_daemon d;
+    nbt_daemon_start(&d, model, extra);
+    nb_client *c = dial(d.sock);
+    char req[256];
+    for (int i = 0; i <= MAX_JOBS_PER_CONN; i++) {
+        snprintf(req, sizeof req, endless, i);
+        assert_int_equal(nb_client_send(c, req, strlen(req)), NB_OK);
+    }
+    /* exactly one too many: the last, answered busy at once */
+    double end = now_ms() + 20000;
+    json_t *e = NULL;
+    while (!e && now_ms() < end) {
+        e = next_event(c, 1000);
+        if (e && !str(e, "error")) {
+            json_decref(e);
+            e = NULL;
+        }
+    }
+    assert_non_null(e);
+    assert_string_equal(str(e, "error"), "busy");
+    assert_int_equal(json_integer_value(json_object_get(e, "id")), MAX_JOBS_PER_CONN);
+    assert_non_null(strstr(str(e, "message"), "at most 64"));
+    json_decref(e);
+    assert_int_equal(count_busy(c, "at most 64", 500), 0);
+    /* another connection is not limited by this one */
+    nb_client *c2 = dial(d.sock);
+    json_decref(expect_ok(c2, "{\"op\":\"tokenize\",\"text\":\"hi\"}"));
+    nb_client_close(c2);
+    nb_client_close(c);
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+}
+
+static void test_queue_depth(void **state)
+{
+    (void)state;
+    const char *extra[] = {"-s", "1", "-c", "65536", NULL};
+    nbt_daemon d;
+    nbt_daemon_start(&d, model, extra);
+    /* twice: the second time shows that the first left the count right */
+    for (int round = 0; round < 2; round++) {
+        /* 5 x 64 = 320 endless requests for one slot: one runs, 256 wait,
+         * the rest are refused */
+        nb_client *c[5];
+        char req[256];
+        for (int k = 0; k < 5; k++) {
+            c[k] = dial(d.sock);
+            for (int i = 0; i < MAX_JOBS_PER_CONN; i++) {
+                snprintf(req, sizeof req, endless, i);
+                assert_int_equal(nb_client_send(c[k], req, strlen(req)), NB_OK);
+            }
+        }
+        int busy = 0;
+        for (int k = 0; k < 5; k++)
+            busy += count_busy(c[k], "at most 256", 1000);
+        printf("    %d of 320 refused\n", busy);
+        /* 320 - 256 waiting = 64, or 63 when the first was already in its slot */
+        assert_true(busy == 5 * MAX_JOBS_PER_CONN - MAX_QUEUE ||
+                    busy == 5 * MAX_JOBS_PER_CONN - MAX_QUEUE - 1);
+        for (int k = 0; k < 5; k++)
+            nb_client_close(c[k]);
+        /* the queue empties when they go (the worker drops the cancelled
+         * requests within a pass): the next requests are served */
+        nb_client *n = dial(d.sock);
+        const char *small = "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":2}";
+        double end = now_ms() + 10000;
+        for (int served = 0; served < 3;) {
+            assert_int_equal(nb_client_send(n, small, strlen(small)), NB_OK);
+            json_t *e;
+            while ((e = next_event(n, 10000)) && !json_is_true(json_object_get(e, "done")))
+                json_decref(e);
+            assert_non_null(e);
+            if (str(e, "error")) {
+                assert_string_equal(str(e, "error"), "busy");
+                assert_true(now_ms() < end);
+                usleep(20000);
+            } else {
+                served++;
+            }
+            json_decref(e);
+        }
+        nb_client_close(n);
+    }
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+}
+
+static void test_connections(void **state)
+{
+    (void)state;
+    nbt_daemon d;
+    nbt_daemon_start(&d, model, NULL);
+    nb_client *c[MAX_CONNS];
+    for (int k = 0; k < MAX_CONNS; k++) {
+        c[k] = dial(d.sock);
+        assert_non_null(c[k]);
+        json_decref(expect_ok(c[k], "{\"op\":\"status\"}"));
+    }
+    /* one more: refused, saying why, and closed */
+    nb_client *x = dial(d.sock);
+    assert_non_null(x); /* the kernel accepted it; the daemon answers */
+    json_t *e = next_event(x, 10000);
+    assert_non_null(e);
+    assert_string_equal(str(e, "error"), "busy");
+    assert_non_null(strstr(str(e, "message"), "too many connections (at most 256)"));
+    json_decref(e);
+    char *line;
+    assert_int_equal(nb_client_read(x, &line, NULL, 10000), NB_ERR_IO);
+    nb_client_close(x);
+    /* the others still work; when one goes, a new one is let in */
+    json_decref(expect_ok(c[0], "{\"op\":\"tokenize\",\"text\":\"hi\"}"));
+    nb_client_close(c[MAX_CONNS - 1]);
+    double end = now_ms() + 10000;
+    for (;;) {
+        x = dial(d.sock);
+        assert_non_null(x);
+        assert_int_equal(nb_client_send(x, "{\"op\":\"status\"}", 15), NB_OK);
+        e = next_event(x, 10000);
+        assert_non_null(e);
+        int refused = str(e, "error") != NULL;
+        json_decref(e);
+        nb_client_close(x);
+        if (!refused)
+            break;
+        assert_true(now_ms() < end); /* the daemon notices the close at once */
+        usleep(20000);
+    }
+    for (int k = 0; k < MAX_CONNS - 1; k++)
+        nb_client_close(c[k]);
+    assert_int_equal(nbt_daemon_stop(&d), 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_frame_size),
+        cmocka_unit_test(test_request_fields),
+        cmocka_unit_test(test_requests_per_connection),
+        cmocka_unit_test(test_queue_depth),
+        cmocka_unit_test(test_connections),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
