@@ -474,8 +474,53 @@ char *nbd_event_text(json_t *id, const char *text, size_t len)
     return nbd_event_object(id, o);
 }
 
+/* The length of the valid UTF-8 character at s (n bytes left), or 0. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+    size_t len;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+    else
+        return 0;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t k = 2; k < len; k++)
+        if ((s[k] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
 char *nbd_event_error(json_t *id, const char *code, const char *msg)
 {
-    return nbd_event_object(id, json_pack("{s:b, s:s, s:s, s:s}", "done", 1, "stop_reason",
-                                          "error", "error", code, "message", msg ? msg : ""));
+    /* A message may quote the client's bytes (jansson's error text) or cut
+     * a quoted string mid-character ("%.64s"); JSON strings must be UTF-8,
+     * so such bytes become U+FFFD rather than losing the whole event. */
+    if (!msg)
+        msg = "";
+    size_t n = strlen(msg), k = 0;
+    char *clean = malloc(3 * n + 1);
+    if (!clean)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t c = utf8_char((const unsigned char *)msg + i, n - i);
+        if (c) {
+            memcpy(clean + k, msg + i, c);
+            k += c, i += c;
+        } else {
+            memcpy(clean + k, "\xef\xbf\xbd", 3);
+            k += 3, i++;
+        }
+    }
+    clean[k] = 0;
+    char *line = nbd_event_object(id, json_pack("{s:b, s:s, s:s, s:s}", "done", 1, "stop_reason",
+                                                "error", "error", code, "message", clean));
+    free(clean);
+    return line;
 }
