@@ -16,6 +16,23 @@
 
 #include "internal.h"
 
+/* The byte a "<0xNN>" token stands for, from its two hex digits; -1 when
+ * they are not two hex digits (sscanf's %x would take a sign or a space,
+ * and "<0x-9>" gave byte 4294967287). */
+static int hex_byte(const char *s)
+{
+    int b = 0;
+    for (int i = 0; i < 2; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        b = b * 16 + d;
+    }
+    return b;
+}
+
 static nb_status get_token_id(const nb_gguf *g, const char *key, int32_t n, nb_token *out,
                               char *err, size_t errlen)
 {
@@ -135,9 +152,8 @@ nb_status nbi_vocab_load(nbi_vocab *v, const nb_gguf *g, char *err, size_t errle
         if (nbi_strmap_put(&v->map, s, (size_t)len, i, NULL) < 0)
             return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory loading the vocabulary");
         if (t == NBI_TOK_BYTE && len == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') {
-            unsigned b;
-            char hex[3] = {s[3], s[4], 0};
-            if (sscanf(hex, "%2x", &b) == 1 && v->byte_tok[b] < 0)
+            int b = hex_byte(s + 3);
+            if (b >= 0 && v->byte_tok[b] < 0)
                 v->byte_tok[b] = i;
         }
         if ((t == NBI_TOK_CONTROL || t == NBI_TOK_USER_DEFINED || t == NBI_TOK_UNKNOWN) && len > 0)
@@ -413,9 +429,8 @@ int nb_token_piece(const nb_model *m, nb_token t, char *buf, size_t cap, int fla
         if (v->type == NBI_VOCAB_BPE) {
             len = 0; /* no meaning in a byte-level vocabulary; llama.cpp shows nothing */
         } else if (len == 6 && memcmp(s, "<0x", 3) == 0) {
-            unsigned byte;
-            char hex[3] = {s[3], s[4], 0};
-            if (sscanf(hex, "%2x", &byte) == 1) {
+            int byte = hex_byte(s + 3);
+            if (byte >= 0) {
                 tmp[0] = (char)byte;
                 s = tmp;
                 len = 1;
