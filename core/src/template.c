@@ -598,8 +598,10 @@ nb_status nb_infill_tokens_fit(const nb_model *m, const char *prefix, const char
     const int64_t marks = bos + (fit->fim ? 3 : 0);
     int64_t n_pre = fit->n_prefix, n_suf = fit->fim ? fit->n_suffix : 0;
     if (fit->n_max) {
+        /* at least one token each for the prefix and, with FIM, the suffix:
+         * a budget of 0 would mean "all" below */
         int64_t room = fit->n_max - marks;
-        if (room < 1)
+        if (room < (fit->fim ? 2 : 1))
             return nbi_err(err, errlen, NB_ERR_INVALID,
                            "an infill prompt needs more than %d tokens", fit->n_max);
         /* the suffix gets at most a quarter of the room, the prefix the rest */
