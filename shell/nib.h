@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "nibble.h"
 
@@ -31,6 +32,32 @@ extern volatile sig_atomic_t nib_interrupted;
 /* "nib: " + message on stderr. */
 void nib_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void nib_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* "nib: " + the message (fmt has one %s for arg) + a hint on stderr;
+ * returns NIB_USAGE. */
+int nib_usage_error(const char *fmt, const char *arg);
+
+/* What the command line asked for besides the options in nib_opts. */
+typedef struct nib_args {
+    const char *cmd_task;   /* --cmd */
+    const char *init_shell; /* --init */
+    int first;              /* index in argv of the question's first word */
+} nib_args;
+
+/* Parse the options after the config file has filled o (args.c; never
+ * connects to anything).  Returns -1 to go on, or the exit code when nib
+ * is done: after --help or --version (printed on out) or a usage error
+ * (on stderr).  An unknown -t template is dropped with a warning; n_predict
+ * defaults to 512. */
+int nib_parse_args(int argc, char **argv, nib_opts *o, nib_args *a, FILE *out);
+/* The n words joined with single spaces (malloc'd; NULL when out of memory). */
+char *nib_join_words(int n, char *const *words);
+/* The message to send for a question and piped text (piped is NULL when
+ * stdin is not input): the text alone, the question alone, or the question,
+ * a blank line and the text between fences.  NIB_OK with *message
+ * malloc'd, else the exit code after printing the error (the text is not
+ * UTF-8, or both are empty). */
+int nib_message(const char *question, const char *piped, size_t plen, char **message);
 
 /* Set a sampling key from "KEY=NUMBER" (-o, /set); -1 when the key is not
  * one of the protocol's or the value not a number. */
