@@ -5,6 +5,7 @@
  * that wraps piped text.
  */
 #include <getopt.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,10 +96,12 @@ int nib_set_option(nib_opts *o, const char *kv)
         return -1;
     char *end;
     double v = strtod(eq + 1, &end);
-    if (end == eq + 1 || *end)
+    if (end == eq + 1 || *end || !isfinite(v)) /* JSON has no NaN or infinity */
         return -1;
     int integer = !strcmp(key, "top_k") || !strcmp(key, "repeat_last_n") || !strcmp(key, "seed") ||
                   !strcmp(key, "n_predict");
+    if (integer && !(v > -0x1p63 && v < 0x1p63)) /* else the conversion is undefined */
+        return -1;
     json_object_set_new(o->sampling, key, integer ? json_integer((json_int_t)v) : json_real(v));
     return 0;
 }
