@@ -18,7 +18,7 @@ typedef struct job {
     _Atomic int calls;
     _Atomic long sum;
     int seen[64];
-    int nth_seen;
+    atomic_int nth_seen;  /* every thread stores it */
     long *slots;
     int64_t n;
 } job;
@@ -28,7 +28,7 @@ static void count_task(void *arg, int ith, int nth)
     job *j = arg;
     atomic_fetch_add(&j->calls, 1);
     j->seen[ith]++;
-    j->nth_seen = nth;
+    atomic_store(&j->nth_seen, nth);
     int64_t lo, hi;
     nbi_split(j->n, ith, nth, &lo, &hi);
     for (int64_t i = lo; i < hi; i++)
@@ -54,7 +54,7 @@ static void run_many(int threads, int rounds, int nap_every)
         /* the run has finished on every thread when it returns */
         assert_int_equal(atomic_load(&j.calls), (r + 1) * threads);
     }
-    assert_int_equal(j.nth_seen, threads);
+    assert_int_equal(atomic_load(&j.nth_seen), threads);
     for (int t = 0; t < threads; t++)
         assert_int_equal(j.seen[t], rounds);
     for (int64_t i = 0; i < j.n; i++)
