@@ -5,6 +5,7 @@
 #   make test-aarch64    cross-build the kernel tests for aarch64 and run them
 #                        under qemu (part of make test when installed)
 #   make run             build, then open nib's chat on the default model
+#   make soak            nibd under load: 16 clients, 2,000 mixed requests
 #   make bench           print benchmark figures (asserts nothing)
 #   make quality         print perplexity and KL divergence of every quantized
 #                        type against F32 (asserts nothing)
@@ -217,6 +218,16 @@ ifeq ($(filter aarch64%,$(ARCH))$(SANITIZE),)
 	@$(MAKE) --no-print-directory lua-compat
 	@$(MAKE) --no-print-directory test-aarch64 AARCH64_OPTIONAL=1
 endif
+
+# nibd under load (tests/test_soak.c): 16 clients send 2,000 mixed requests,
+# cancelling and hanging up on some, with malformed and oversized lines; it
+# prints requests/s and latency percentiles.  make test runs the same
+# program with 300 requests.  NIBBLE_SOAK_REQUESTS, NIBBLE_SOAK_CLIENTS and
+# NIBBLE_SOAK_SEED override the size and the seed.
+.PHONY: soak
+soak: all $(BUILD)/tests/test_soak
+	@NIBBLE_BIN=$(abspath $(BUILD)/bin) NIBBLE_SRC=$(CURDIR) \
+	NIBBLE_SOAK_REQUESTS=$${NIBBLE_SOAK_REQUESTS:-2000} $(BUILD)/tests/test_soak
 
 # nibble.core is written to Lua 5.4's C API and, through lua/src/compat.h,
 # to 5.1 (LuaJIT), 5.2 and 5.3: make test compiles it against each of those

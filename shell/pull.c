@@ -144,6 +144,7 @@ typedef struct dl {
     int is_tty, quiet;
     curl_off_t resumed;
     double t0, last;
+    int write_errno;     /* why writing the download failed (a full disk) */
 } dl;
 
 static double now_s(void)
@@ -180,12 +181,18 @@ static size_t on_data(char *buf, size_t size, size_t n, void *ud)
         curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &code);
         if (d->resumed && code == 200) {
             /* the server sends the whole file, not the rest: start over */
-            if (ftruncate(fileno(d->f), 0) != 0 || fseek(d->f, 0, SEEK_SET) != 0)
+            if (ftruncate(fileno(d->f), 0) != 0 || fseek(d->f, 0, SEEK_SET) != 0) {
+                d->write_errno = errno ? errno : EIO;
                 return 0;
+            }
             d->resumed = 0;
         }
     }
-    return fwrite(buf, size, n, d->f) == n ? size * n : 0;
+    if (fwrite(buf, size, n, d->f) != n) {
+        d->write_errno = errno ? errno : EIO;
+        return 0;
+    }
+    return size * n;
 }
 
 /* One progress line, redrawn in place at most five times a second. */
@@ -413,6 +420,13 @@ int nib_pull(int argc, char **argv, const nib_opts *o)
             nib_error("interrupted; run the same command again to resume");
             return NIB_CANCELLED;
         }
+        if (rc == CURLE_WRITE_ERROR && d.write_errno) {
+            /* a full disk: what came so far stays in FILE.part, never
+             * under the model's name */
+            nib_error("cannot write %s: %s; make room, then run the same command again to "
+                      "resume", part, strerror(d.write_errno));
+            return NIB_ERR;
+        }
         struct stat pst;
         int kept = stat(part, &pst) == 0 && pst.st_size > 0;
         if (!kept)
@@ -422,7 +436,8 @@ int nib_pull(int argc, char **argv, const nib_opts *o)
         return NIB_ERR;
     }
     if (close_bad) {
-        nib_error("cannot write %s: %s", part, strerror(errno));
+        nib_error("cannot write %s: %s; make room, then run the same command again to resume",
+                  part, strerror(errno));
         return NIB_ERR;
     }
     char got[65];

@@ -138,6 +138,13 @@ static void hist_open(history *h, int cap)
     FILE *f = fopen(h->path, "r");
     if (!f)
         return;
+    /* only a regular file is read back: a history that is a link to a
+     * device (/dev/full, /dev/zero) would otherwise be read for ever */
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return;
+    }
     char *line = NULL;
     size_t lcap = 0;
     ssize_t n;

@@ -210,6 +210,31 @@ static void test_request_fields(void **state)
     expect_error(c, "{\"op\":\"complete\",\"prompt\":\"a\",\"stop\":[\"\"]}", "invalid_request", "stop[0]");
     free(stop);
 
+    /* lora: at most 16 adapters, names of at most 64 bytes, |scale| <= 100 */
+    n = (size_t)snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"lora\":[");
+    for (int i = 0; i < 17; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "%s{\"name\":\"a%d\"}", i ? "," : "", i);
+    snprintf(req + n, sizeof req - n, "]}");
+    expect_error(c, req, "invalid_request", "at most 16");
+    char *name = repeat('n', 65);
+    snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"lora\":[{\"name\":\"%s\"}]}", name);
+    expect_error(c, req, "invalid_request", "64 bytes");
+    expect_error(c, "{\"op\":\"complete\",\"prompt\":\"a\",\"lora\":[{\"name\":\"x\",\"scale\":101}]}",
+                 "invalid_request", "scale");
+    /* template: at most 64 bytes */
+    snprintf(req, sizeof req, "{\"op\":\"chat\",\"template\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+             name);
+    expect_error(c, req, "invalid_request", "template");
+    free(name);
+    /* cancel's target: like an id */
+    id = repeat('t', MAX_ID + 1);
+    snprintf(req, sizeof req, "{\"op\":\"cancel\",\"target\":\"%s\"}", id);
+    expect_error(c, req, "invalid_request", "target");
+    free(id);
+    /* infill budgets: 0 to 1,048,576 */
+    snprintf(req, sizeof req, "{\"op\":\"infill\",\"prefix\":\"a\",\"n_suffix\":%d}", MAX_PREDICT + 1);
+    expect_error(c, req, "invalid_request", "n_suffix");
+
     /* n_predict: -1 to 1,048,576 */
     snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":%d}", MAX_PREDICT + 1);
     expect_error(c, req, "invalid_request", "n_predict");
