@@ -122,14 +122,16 @@ nb_client *nib_connect(const nib_opts *o)
 static json_t *read_event(nb_client *c, int timeout_ms, int *eof)
 {
     char *line;
+    size_t len;
     *eof = 0;
-    if (nb_client_read(c, &line, NULL, timeout_ms)) {
+    if (nb_client_read(c, &line, &len, timeout_ms)) {
         *eof = 1;
         return NULL;
     }
     if (!line)
         return NULL;
-    json_t *e = json_loads(line, 0, NULL);
+    /* the text is the model's bytes, which may include a NUL (a byte token) */
+    json_t *e = json_loadb(line, len, JSON_ALLOW_NUL, NULL);
     free(line);
     return e;
 }
@@ -180,7 +182,7 @@ int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **
         if (text && !json_is_true(json_object_get(e, "done"))) {
             spin_clear(&sp);
             text_seen = 1;
-            size_t n = strlen(text);
+            size_t n = json_string_length(json_object_get(e, "text"));
             if (o->stream) {
                 fwrite(text, 1, n, out);
                 fflush(out);
@@ -221,8 +223,9 @@ int nib_request(nb_client *c, const nib_opts *o, json_t *req, FILE *out, char **
             }
             const char *full = json_string_value(json_object_get(e, "text"));
             if (full && !o->stream) {
-                fputs(full, out);
-                at_line_start = !*full || full[strlen(full) - 1] == '\n';
+                size_t n = json_string_length(json_object_get(e, "text"));
+                fwrite(full, 1, n, out);
+                at_line_start = !n || full[n - 1] == '\n';
                 if (answer) {
                     free(*answer);
                     *answer = strdup(full);

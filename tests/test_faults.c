@@ -1,8 +1,8 @@
 /*
  * test_faults.c - what nibble does when things go wrong around it: the
  * daemon killed mid-answer, the model file replaced or truncated while it
- * is mapped, a full disk under the chat history and under a download, and
- * a client that stops reading.  Each test states the behaviour that
+ * is mapped, a full disk under the chat history and under a download, a
+ * NUL byte in an answer, and a client that stops reading.  Each test states the behaviour that
  * doc/protocol.md, doc/nibd.8 and doc/nib.1 promise and checks it.
  *
  * The models are generated here (nibble synth), so nothing is skipped for
@@ -826,6 +826,70 @@ static void test_pull_disk_full(void **state)
     private_env_end();
 }
 
+/* ------------------------------------------------------------------ odd bytes */
+
+/* Run argv with stdout into a file (stdin and stderr /dev/null); the exit
+ * status, or -1 when it ran for more than 60 s (and was killed). */
+static int run_to_file(char *const argv[], const char *path)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR), f = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(null, 0), dup2(f, 1), dup2(null, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    track(pid);
+    int status = 0;
+    double end = now_ms() + 60000;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now_ms() > end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            reaped(pid);
+            return -1;
+        }
+        usleep(10000);
+    }
+    reaped(pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* A random model's byte tokens can produce a NUL byte (the soak test met
+ * one): nib passes it through like any other byte, streamed or not, as
+ * nibble run does, instead of dropping the event it cannot parse (and,
+ * with --no-stream, waiting for ever for a final event it cannot read). */
+static void test_nul_byte_answer(void **state)
+{
+    (void)state;
+    private_env();
+    setenv("NIBBLE_MODEL", model_a, 1);
+    char want_path[256], got_path[256], bin[4096], nib[4096];
+    snprintf(want_path, sizeof want_path, "%s/want", home);
+    snprintf(got_path, sizeof got_path, "%s/got", home);
+    snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
+    snprintf(nib, sizeof nib, "%s", nbt_bin("nib"));
+    char *run[] = {bin, "run", "-m", model_a, "-p", "b", "-n", "20", "--temp", "0", NULL};
+    assert_int_equal(run_to_file(run, want_path), 0);
+    size_t want_len;
+    char *want = nbt_read_file(want_path, &want_len);
+    assert_non_null(want);
+    assert_non_null(memchr(want, 0, want_len)); /* else this shows nothing */
+    char *streamed[] = {nib, "--raw", "-n", "20", "-o", "temperature=0", "b", NULL};
+    char *whole[] = {nib, "--raw", "--no-stream", "-n", "20", "-o", "temperature=0", "b", NULL};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(run_to_file(k ? whole : streamed, got_path), 0);
+        size_t got_len;
+        char *got = nbt_read_file(got_path, &got_len);
+        assert_non_null(got);
+        assert_int_equal(got_len, want_len);
+        assert_memory_equal(got, want, want_len);
+        free(got);
+    }
+    free(want);
+    private_env_end();
+}
+
 /* ------------------------------------------------------------------ slow reader */
 
 typedef struct flood {
@@ -966,6 +1030,7 @@ int main(void)
         cmocka_unit_test_teardown(test_model_truncated, cleanup),
         cmocka_unit_test_teardown(test_history_disk_full, cleanup),
         cmocka_unit_test_teardown(test_pull_disk_full, cleanup),
+        cmocka_unit_test_teardown(test_nul_byte_answer, cleanup),
         cmocka_unit_test_teardown(test_slow_reader, cleanup),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
