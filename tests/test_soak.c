@@ -371,7 +371,6 @@ static void one_request(run *r, long i, nb_client **cp)
     }
     if (kind < 60) { /* malformed */
         unsigned b = (unsigned)(pick % N_BAD);
-        assert_true(strlen(bad[b][0]) > 0);
         if (nb_client_send(c, bad[b][0], strlen(bad[b][0]))) {
             failure(r, i, "send failed");
             return;
@@ -665,9 +664,16 @@ static void test_soak(void **state)
     snprintf(bin, sizeof bin, "%s", nbt_bin("nibble"));
     /* small enough to answer 2,000 requests in seconds, big enough that
      * its weights and caches (about 20 MB) are the bulk of the RSS, as a
-     * real model's are, rather than the allocator's odd page */
+     * real model's are, rather than the allocator's odd page.  Under
+     * AddressSanitizer, whose allocator keeps freed memory on purpose (so
+     * RSS says nothing there; LeakSanitizer checks the daemon's exit
+     * instead), the smallest model keeps the run short. */
+#ifdef __SANITIZE_ADDRESS__
+    char *argv[] = {bin, "synth", "-o", model, NULL};
+#else
     char *argv[] = {bin, "synth", "-o", model, "--embd", "256", "--layers", "4", "--heads", "8",
                     "--kv-heads", "4", "--ff", "768", NULL};
+#endif
     char *out, *err;
     if (nbt_run(argv, &out, &err, 60) != 0)
         fail_msg("nibble synth: %s", err);
@@ -748,8 +754,13 @@ static void test_soak(void **state)
     printf("    RSS after warm-up %ld KiB, after the run %ld KiB (%+.1f%%); anonymous %ld -> %ld, "
            "file %ld -> %ld\n", rss0, rss1, 100.0 * (double)(rss1 - rss0) / (double)rss0,
            anon0, anon1, file0, file1);
+#ifdef __SANITIZE_ADDRESS__
+    printf("    (RSS not compared under AddressSanitizer: its quarantine keeps freed memory)\n");
+#else
     assert_true(rss1 <= rss0 + rss0 / 20);
+#endif
 
+    /* a clean exit: under the sanitizers, also no leak and no error */
     live_pid = 0;
     assert_int_equal(nbt_daemon_stop(&d), 0);
     unlink(model);
