@@ -24,6 +24,7 @@
 #define MAX_STOPS 16
 #define MAX_STOP_LEN 256
 #define MAX_PREDICT (1 << 20)
+#define MAX_TOKENIZE (1 << 20)
 #define MAX_JOBS_PER_CONN 64
 #define MAX_QUEUE 256
 #define MAX_CONNS 256
@@ -234,6 +235,31 @@ static void test_request_fields(void **state)
     /* infill budgets: 0 to 1,048,576 */
     snprintf(req, sizeof req, "{\"op\":\"infill\",\"prefix\":\"a\",\"n_suffix\":%d}", MAX_PREDICT + 1);
     expect_error(c, req, "invalid_request", "n_suffix");
+
+    /* tokenize: a reply of at most 1,048,576 tokens.  On random letters
+     * this model's vocabulary gives at least a token per letter (checked
+     * on the first text), so the second, 1,100,000 letters, is over. */
+    for (int over = 0; over < 2; over++) {
+        size_t tl = over ? 1100000 : 1000000;
+        char *text = malloc(tl + 64);
+        n = (size_t)sprintf(text, "{\"op\":\"tokenize\",\"add_bos\":false,\"text\":\"");
+        uint64_t x = 7;
+        for (size_t i = 0; i < tl; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            text[n + i] = "abcdefghijklmnopqrstuvwxyz0123456789"[(x >> 33) % 36];
+        }
+        strcpy(text + n + tl, "\"}");
+        if (!over) {
+            e = expect_ok(c, text);
+            size_t got = json_array_size(json_object_get(e, "tokens"));
+            printf("    %zu bytes of text: %zu tokens\n", tl, got);
+            assert_true(got >= tl && got <= MAX_TOKENIZE);
+            json_decref(e);
+        } else {
+            expect_error(c, text, "invalid_request", "at most 1048576");
+        }
+        free(text);
+    }
 
     /* n_predict: -1 to 1,048,576 */
     snprintf(req, sizeof req, "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":%d}", MAX_PREDICT + 1);

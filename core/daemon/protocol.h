@@ -14,6 +14,7 @@
 #define NBD_MAX_FRAME (8u << 20)   /* bytes per line, newline excluded */
 #define NBD_MAX_ID 256             /* bytes of a request id or session name */
 #define NBD_MAX_PREDICT (1 << 20)
+#define NBD_MAX_TOKENIZE (1 << 20) /* tokens in a tokenize reply */
 #define NBD_MAX_LORA 16            /* adapters per request, and per daemon */
 #define NBD_MAX_LORA_NAME 64       /* bytes of an adapter's name */
 #define NBD_MAX_LORA_SCALE 100.0f  /* |scale| of a request's adapter */

@@ -719,6 +719,14 @@ static void quick_job(nbd_sched *s, nbd_job *job)
     if (r->op == NBD_OP_TOKENIZE) {
         int flags = (r->add_bos ? NB_TOK_ADD_SPECIAL : 0) | (r->special ? NB_TOK_PARSE_SPECIAL : 0);
         int64_t need = nb_tokenize(s->model, r->text, r->prompt_len, NULL, 0, flags);
+        if (need > NBD_MAX_TOKENIZE) {
+            /* the reply would take tens of bytes of JSON per token to build */
+            char msg[128];
+            snprintf(msg, sizeof msg, "the text is %" PRId64 " tokens (at most %d)", need,
+                     NBD_MAX_TOKENIZE);
+            fail_job(job, NBD_E_REQUEST, msg);
+            return;
+        }
         nb_token *t = need >= 0 ? malloc((size_t)(need ? need : 1) * sizeof *t) : NULL;
         json_t *arr = json_array();
         if (!t || !arr) {
