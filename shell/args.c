@@ -4,6 +4,7 @@
  * (tests/fuzz/fuzz_nib.c): the options, the question, and the message
  * that wraps piped text.
  */
+#include <ctype.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -36,6 +37,8 @@ static const char usage[] =
     "  -c, --continue       continue the last conversation\n"
     "  -q, --quiet          no spinner and no notes on stderr\n"
     "  -v, --verbose        after each answer, token counts and timings on stderr\n"
+    "      --lora NAME[=S]  apply the LoRA adapter nibd loaded as NAME (nibd\n"
+    "                       --lora NAME=FILE), at scale S (default 1; repeatable)\n"
     "      --cmd TASK       print one shell command that does TASK\n"
     "      --init SHELL     print bash or zsh code binding Ctrl-X Ctrl-N to --cmd\n"
     "  -h, --help, -V, --version\n"
@@ -106,6 +109,35 @@ int nib_set_option(nib_opts *o, const char *kv)
     return 0;
 }
 
+/* --lora NAME[=SCALE]: one more entry of the request's "lora" array (the
+ * daemon checks that it has the adapter).  -1 when malformed. */
+static int add_lora(nib_opts *o, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    size_t nl = eq ? (size_t)(eq - arg) : strlen(arg);
+    double scale = 1.0;
+    if (nl < 1 || nl > 64)
+        return -1;
+    for (size_t i = 0; i < nl; i++)
+        if (!isalnum((unsigned char)arg[i]) && !strchr("._-", arg[i]))
+            return -1;
+    if (eq) {
+        char *end;
+        scale = strtod(eq + 1, &end);
+        if (end == eq + 1 || *end || !(fabs(scale) <= 100))
+            return -1;
+    }
+    json_t *list = json_object_get(o->sampling, "lora");
+    if (!list) {
+        list = json_array();
+        if (json_object_set_new(o->sampling, "lora", list))
+            return -1;
+    }
+    if (json_array_size(list) >= 16)
+        return -1;
+    return json_array_append_new(list, json_pack("{s:s%, s:f}", "name", arg, nl, "scale", scale));
+}
+
 int nib_parse_args(int argc, char **argv, nib_opts *o, nib_args *a, FILE *out)
 {
     static const struct option opts[] = {
@@ -113,7 +145,7 @@ int nib_parse_args(int argc, char **argv, nib_opts *o, nib_args *a, FILE *out)
         {"template", required_argument, 0, 't'}, {"seed", required_argument, 0, 'S'},
         {"raw", no_argument, 0, 'R'},           {"no-stream", no_argument, 0, 'N'},
         {"continue", no_argument, 0, 'c'},      {"quiet", no_argument, 0, 'q'},
-        {"verbose", no_argument, 0, 'v'},
+        {"verbose", no_argument, 0, 'v'},       {"lora", required_argument, 0, 'L'},
         {"cmd", required_argument, 0, 'C'},     {"init", required_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},          {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0}};
@@ -143,6 +175,12 @@ int nib_parse_args(int argc, char **argv, nib_opts *o, nib_args *a, FILE *out)
             json_object_set_new(o->sampling, "seed", json_integer(s));
             break;
         }
+        case 'L':
+            if (add_lora(o, optarg))
+                return nib_usage_error("--lora wants NAME or NAME=SCALE: a name nibd was started "
+                                       "with (at most 16) and a scale of -100 to 100, not '%s'",
+                                       optarg);
+            break;
         case 'R': o->raw = 1; break;
         case 'N': o->stream = 0; break;
         case 'c': o->cont = 1; break;

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gguf_builder.h"
@@ -632,6 +633,43 @@ static void test_daemon_adapters(void **state)
         free(t1);
         free(t2);
     }
+
+    /* nib --lora NAME=SCALE, through a config file naming the socket */
+    char cfgdir[] = "/tmp/nibble-lora-cfg-XXXXXX", path[256];
+    assert_non_null(mkdtemp(cfgdir));
+    snprintf(path, sizeof path, "%s/nibble", cfgdir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/nibble/config", cfgdir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "socket = %s\n", d.sock);
+    fclose(f);
+    char *old_cfg = getenv("XDG_CONFIG_HOME") ? strdup(getenv("XDG_CONFIG_HOME")) : NULL;
+    setenv("XDG_CONFIG_HOME", cfgdir, 1);
+    char *nout = NULL, *nerr = NULL;
+    char *nargv[] = {(char *)nbt_bin("nib"), "-q", "--raw", "-n", "24", "-o", "temperature=0",
+                     "--lora", "story=0.5", (char *)prompt, NULL};
+    assert_int_equal(nbt_run(nargv, &nout, &nerr, 60), 0);
+    size_t nl = strlen(nout);
+    if (nl && nout[nl - 1] == '\n')
+        nout[nl - 1] = 0; /* nib ends the answer with a newline */
+    assert_string_equal(nout, want_half);
+    free(nout);
+    free(nerr);
+    char *nargv2[] = {(char *)nbt_bin("nib"), "-q", "--raw", "--lora", "nope", "x", NULL};
+    assert_int_equal(nbt_run(nargv2, &nout, &nerr, 60), 1);
+    assert_non_null(strstr(nerr, "unknown adapter 'nope'"));
+    free(nout);
+    free(nerr);
+    if (old_cfg)
+        setenv("XDG_CONFIG_HOME", old_cfg, 1);
+    else
+        unsetenv("XDG_CONFIG_HOME");
+    free(old_cfg);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/nibble", cfgdir);
+    rmdir(path);
+    rmdir(cfgdir);
 
     /* refusals */
     const char *bad[][2] = {
