@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +61,32 @@ static int teardown(void **state)
     (void)state;
     unlink(model);
     return rmdir(dir);
+}
+
+/* The daemon of the running test: a failing test leaves none behind. */
+static int live_pid;
+
+static void daemon_start(nbt_daemon *d, const char *const *extra)
+{
+    nbt_daemon_start(d, model, extra);
+    live_pid = d->pid;
+}
+
+static int daemon_stop(nbt_daemon *d)
+{
+    live_pid = 0;
+    return nbt_daemon_stop(d);
+}
+
+static int cleanup(void **state)
+{
+    (void)state;
+    if (live_pid > 0) {
+        kill(live_pid, SIGKILL);
+        waitpid(live_pid, NULL, 0);
+        live_pid = 0;
+    }
+    return 0;
 }
 
 static nb_client *dial(const char *sock)
@@ -138,7 +166,7 @@ static void test_frame_size(void **state)
 {
     (void)state;
     nbt_daemon d;
-    nbt_daemon_start(&d, model, NULL);
+    daemon_start(&d, NULL);
     /* a status request padded (unknown keys are ignored) to exactly the
      * limit is served ... */
     const char *head = "{\"op\":\"status\",\"pad\":\"", *tail = "\"}";
@@ -168,7 +196,7 @@ static void test_frame_size(void **state)
     c = dial(d.sock);
     json_decref(expect_ok(c, "{\"op\":\"status\"}"));
     nb_client_close(c);
-    assert_int_equal(nbt_daemon_stop(&d), 0);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 /* ------------------------------------------------------------------ fields */
@@ -178,7 +206,7 @@ static void test_request_fields(void **state)
     (void)state;
     const char *extra[] = {"-c", "64", NULL};
     nbt_daemon d;
-    nbt_daemon_start(&d, model, extra);
+    daemon_start(&d, extra);
     nb_client *c = dial(d.sock);
     char req[16384];
 
@@ -290,7 +318,7 @@ static void test_request_fields(void **state)
     expect_error(c, req, "context_full", "the context holds 64");
     free(words);
     nb_client_close(c);
-    assert_int_equal(nbt_daemon_stop(&d), 0);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 /* ------------------------------------------------------------------ concurrency */
@@ -324,7 +352,7 @@ static void test_requests_per_connection(void **state)
     (void)state;
     const char *extra[] = {"-s", "1", "-c", "65536", NULL};
     nbt_daemon d;
-    nbt_daemon_start(&d, model, extra);
+    daemon_start(&d, extra);
     nb_client *c = dial(d.sock);
     char req[256];
     for (int i = 0; i <= MAX_JOBS_PER_CONN; i++) {
@@ -352,7 +380,7 @@ static void test_requests_per_connection(void **state)
     json_decref(expect_ok(c2, "{\"op\":\"tokenize\",\"text\":\"hi\"}"));
     nb_client_close(c2);
     nb_client_close(c);
-    assert_int_equal(nbt_daemon_stop(&d), 0);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 static void test_queue_depth(void **state)
@@ -360,7 +388,7 @@ static void test_queue_depth(void **state)
     (void)state;
     const char *extra[] = {"-s", "1", "-c", "65536", NULL};
     nbt_daemon d;
-    nbt_daemon_start(&d, model, extra);
+    daemon_start(&d, extra);
     /* twice: the second time shows that the first left the count right */
     for (int round = 0; round < 2; round++) {
         /* 5 x 64 = 320 endless requests for one slot: one runs, 256 wait,
@@ -405,14 +433,14 @@ static void test_queue_depth(void **state)
         }
         nb_client_close(n);
     }
-    assert_int_equal(nbt_daemon_stop(&d), 0);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 static void test_connections(void **state)
 {
     (void)state;
     nbt_daemon d;
-    nbt_daemon_start(&d, model, NULL);
+    daemon_start(&d, NULL);
     nb_client *c[MAX_CONNS];
     for (int k = 0; k < MAX_CONNS; k++) {
         c[k] = dial(d.sock);
@@ -450,7 +478,77 @@ static void test_connections(void **state)
     }
     for (int k = 0; k < MAX_CONNS - 1; k++)
         nb_client_close(c[k]);
-    assert_int_equal(nbt_daemon_stop(&d), 0);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* CPU seconds a process has used (utime + stime of /proc/PID/stat). */
+static double cpu_s(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    char *st = nbt_read_file(path, NULL);
+    assert_non_null(st);
+    char *p = strrchr(st, ')'); /* the name may hold spaces */
+    unsigned long ut = 0, stime = 0;
+    assert_non_null(p);
+    assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stime), 2);
+    free(st);
+    return (double)(ut + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* A daemon out of file descriptors (a low RLIMIT_NOFILE) refuses what it
+ * cannot take by closing it, rather than leaving it in the listen queue,
+ * where poll() would report it again and again: the daemon would spin. */
+static void test_out_of_descriptors(void **state)
+{
+    (void)state;
+    struct rlimit saved, low;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    low.rlim_cur = 32;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    nbt_daemon d;
+    daemon_start(&d, NULL); /* the daemon inherits the limit */
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    nb_client *c[60];
+    int served = 0;
+    for (int k = 0; k < 60; k++) {
+        c[k] = dial(d.sock);
+        assert_non_null(c[k]); /* the kernel queues it */
+    }
+    for (int k = 0; k < 60; k++) {
+        if (nb_client_send(c[k], "{\"op\":\"status\"}", 15) != NB_OK)
+            continue;
+        json_t *e = next_event(c[k], 5000);
+        served += e != NULL;
+        json_decref(e);
+    }
+    printf("    %d of 60 connections served under a limit of 32 descriptors\n", served);
+    assert_true(served > 0 && served < 60);
+    /* nothing is left pending: an idle second costs the daemon (almost)
+     * no CPU time */
+    double t0 = cpu_s(d.pid);
+    usleep(1000000);
+    double used = cpu_s(d.pid) - t0;
+    printf("    %.2f s of CPU in an idle second\n", used);
+    assert_true(used < 0.3);
+    for (int k = 0; k < 60; k++)
+        nb_client_close(c[k]);
+    /* and once they are gone it serves again */
+    double end = now_ms() + 10000;
+    for (;;) {
+        nb_client *x = dial(d.sock);
+        assert_non_null(x);
+        json_t *e = nb_client_send(x, "{\"op\":\"status\"}", 15) == NB_OK ? next_event(x, 5000) : NULL;
+        nb_client_close(x);
+        if (e) {
+            json_decref(e);
+            break;
+        }
+        assert_true(now_ms() < end);
+        usleep(20000);
+    }
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 int main(void)
@@ -458,11 +556,12 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_frame_size),
-        cmocka_unit_test(test_request_fields),
-        cmocka_unit_test(test_requests_per_connection),
-        cmocka_unit_test(test_queue_depth),
-        cmocka_unit_test(test_connections),
+        cmocka_unit_test_teardown(test_frame_size, cleanup),
+        cmocka_unit_test_teardown(test_request_fields, cleanup),
+        cmocka_unit_test_teardown(test_requests_per_connection, cleanup),
+        cmocka_unit_test_teardown(test_queue_depth, cleanup),
+        cmocka_unit_test_teardown(test_connections, cleanup),
+        cmocka_unit_test_teardown(test_out_of_descriptors, cleanup),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -481,12 +481,15 @@ static void accept_clients(int lfd)
     for (;;) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0 && (errno == EMFILE || errno == ENFILE) && spare_fd >= 0) {
-            /* take the connection off the queue, or poll() reports it for ever */
+            /* take the connection off the queue, or poll() reports it for
+             * ever; accept fails this way whether or not one is waiting */
             close(spare_fd);
             fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
             if (fd >= 0)
                 close(fd);
             spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                return; /* none was waiting */
             nbd_log(1, "out of file descriptors: refused a connection");
             continue;
         }
