@@ -15,10 +15,16 @@
 # for LuaJIT (Neovim) and build/lua5.4/nibble/core.so for Lua 5.4, each
 # skipped with a note when its headers are missing.
 #
+# Fuzzing and ThreadSanitizer (rules in tests/fuzz/fuzz.mk):
+#   make fuzz            build the libFuzzer targets of tests/fuzz/ with clang,
+#                        run each FUZZ_TIME seconds (default 60) and check the
+#                        committed corpus's coverage (tests/fuzz/coverage.txt)
+#   make test-tsan       the thread-pool and daemon tests under ThreadSanitizer
+#
 # Switches: V=1 (show commands), DEBUG=1 (-O0 -g), SANITIZE=address,undefined,
 # NATIVE=1 (-march=native), WERROR=0 (do not turn warnings into errors).
 # Debug and sanitizer builds live in their own directories under build/ so
-# they never mix objects with the release build.
+# they never mix objects with the release build (SANITIZE=thread: build/tsan).
 
 CC ?= cc
 AR ?= ar
@@ -44,7 +50,8 @@ endif
 ifneq ($(SANITIZE),)
 OPT = -O1 -g -fno-omit-frame-pointer -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
 SANITIZE_LDFLAGS = -fsanitize=$(SANITIZE)
-BUILD = build/sanitize
+# ThreadSanitizer cannot be mixed with the others: its own objects
+BUILD = $(if $(findstring thread,$(SANITIZE)),build/tsan,build/sanitize)
 endif
 ifeq ($(NATIVE),1)
 OPT += -march=native
@@ -203,6 +210,9 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTUTIL_OBJ) $(LIBNIBBLE)
 	$(call say,LINK,$@)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(FINAL_LDFLAGS) -o $@ $< $(TESTUTIL_OBJ) $(LIBNIBBLE) $(CMOCKA_LIBS) $(JANSSON_LIBS) $(LIBS) -lutil
+
+# Fuzzing (make fuzz), the fuzz corpus test and ThreadSanitizer (make test-tsan).
+include tests/fuzz/fuzz.mk
 
 # Tests find the programs through NIBBLE_BIN and the shared reference data
 # through NIBBLE_TEST_DATA (default ../shared beside the checkout).
