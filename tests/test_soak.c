@@ -534,6 +534,7 @@ static int cmp_double(const void *a, const void *b)
 /* ------------------------------------------------------------------ the test */
 
 static int live_pid; /* the daemon, while the test runs: a failure leaves none */
+static char dir[] = "/tmp/nibble-soak-XXXXXX";
 
 static int cleanup(void **state)
 {
@@ -543,6 +544,10 @@ static int cleanup(void **state)
         waitpid(live_pid, NULL, 0);
         live_pid = 0;
     }
+    char model[128];
+    snprintf(model, sizeof model, "%s/tiny.gguf", dir);
+    unlink(model);
+    rmdir(dir);
     return 0;
 }
 
@@ -656,7 +661,6 @@ static void test_soak(void **state)
     printf("    soak: %d clients, %ld requests, seed %" PRIu64
            " (NIBBLE_SOAK_CLIENTS, NIBBLE_SOAK_REQUESTS, NIBBLE_SOAK_SEED)\n", clients, n, seed);
 
-    char dir[] = "/tmp/nibble-soak-XXXXXX";
     assert_non_null(mkdtemp(dir));
     char model[128];
     snprintf(model, sizeof model, "%s/tiny.gguf", dir);
@@ -763,8 +767,6 @@ static void test_soak(void **state)
     /* a clean exit: under the sanitizers, also no leak and no error */
     live_pid = 0;
     assert_int_equal(nbt_daemon_stop(&d), 0);
-    unlink(model);
-    rmdir(dir);
     for (size_t k = 0; k < N_TMPL; k++) {
         free(tmpls[k].want);
         free(tmpls[k].want_reason);
