@@ -307,10 +307,17 @@ $(BENCH_DIR)/tinyllama-1.1b-f16.gguf: | $(NIBBLE)
 $(BENCH_DIR)/tinyllama-1.1b-%.gguf: $(BENCH_DIR)/tinyllama-1.1b-f16.gguf | $(NIBBLE)
 	$(NIBBLE) quantize $< $@ $(shell echo $* | tr a-z A-Z)
 
-bench: all $(BENCH_MODELS)
+$(BENCH_DIR)/tinyllama-1.1b-lora16.gguf: | $(NIBBLE)
+	@mkdir -p $(@D)
+	$(NIBBLE) synth -p tinyllama-1.1b --lora-rank 16 -o $@
+
+bench: all $(BENCH_MODELS) $(BENCH_DIR)/tinyllama-1.1b-lora16.gguf
 	@for m in $(BENCH_MODELS); do $(NIBBLE) bench -m $$m $(BENCH_ARGS) || exit 1; echo; done
 	@echo "nibd on $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf:"
 	@$(NIBBLE) bench --daemon --nib $(NIB) -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf $(BENCH_ARGS)
+	@echo
+	@echo "with a rank-16 LoRA adapter on every matrix (nibble synth --lora-rank 16):"
+	@$(NIBBLE) bench -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf --lora $(BENCH_DIR)/tinyllama-1.1b-lora16.gguf $(BENCH_ARGS)
 	@echo
 	@echo "scalar reference kernels, for scale (64-token prompt, 16 generated):"
 	@NIBBLE_KERNELS=ref $(NIBBLE) bench -m $(BENCH_DIR)/tinyllama-1.1b-q4_0.gguf -p 64 -n 16
