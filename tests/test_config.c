@@ -40,7 +40,9 @@ static void test_defaults_and_values(void **state)
                          "socket = \"/run/x y/nibd.sock\"\n"
                          "template = alpaca\n"
                          "system = You are terse = brief.\n"
-                         "history_size = 0\n");
+                         "history_size = 0\n"
+                         "lora = alpaca=~/lora/alpaca.gguf\n"
+                         "lora = code.v2=/srv/code=lora.gguf\n");
     char err[256] = "";
     assert_int_equal(nb_config_load(&c, p, err, sizeof err), NB_OK);
     assert_string_equal(c.model, "/home/someone/models/tiny.gguf");
@@ -53,6 +55,11 @@ static void test_defaults_and_values(void **state)
     assert_string_equal(c.chat_template, "alpaca");
     assert_string_equal(c.system, "You are terse = brief.");
     assert_int_equal(c.history_size, 0);
+    assert_int_equal(c.n_lora, 2);
+    assert_string_equal(c.lora_name[0], "alpaca");
+    assert_string_equal(c.lora_path[0], "/home/someone/lora/alpaca.gguf");
+    assert_string_equal(c.lora_name[1], "code.v2"); /* the first '=' ends the name */
+    assert_string_equal(c.lora_path[1], "/srv/code=lora.gguf");
     unlink(p);
     free(p);
 }
@@ -73,6 +80,11 @@ static void test_errors(void **state)
         {"keep_alive = -2\n", "bad value for keep_alive"},
         {"log_level = loud\n", "bad value for log_level"},
         {"just words\n", ":1: expected 'key = value'"},
+        {"lora = a.gguf\n", "bad value for lora: 'a.gguf'"},
+        {"lora = =a.gguf\n", "bad value for lora"},
+        {"lora = a b=a.gguf\n", "bad value for lora"},
+        {"lora = x=\n", "bad value for lora"},
+        {"lora = x=a\nlora = x=b\n", ":2: bad value for lora"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         nb_config c;

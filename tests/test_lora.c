@@ -615,7 +615,11 @@ static void test_daemon_adapters(void **state)
     nb_client_close(c);
     nb_client_close(c2);
     assert_int_equal(nbt_daemon_stop(&d), 0);
-    const char *extra2[] = {"-s", "2", "--lora", arg, NULL};
+    /* this time the adapter comes from a config file's "lora = NAME=FILE" */
+    char conf_text[4300];
+    snprintf(conf_text, sizeof conf_text, "lora = %s\n", arg);
+    char *conf = nbt_write_temp(conf_text, strlen(conf_text), ".conf");
+    const char *extra2[] = {"-s", "2", "--config", conf, NULL};
     nbt_daemon_start(&d, base, extra2);
     c = nbt_connect(d.sock);
     c2 = nbt_connect(d.sock);
@@ -694,6 +698,14 @@ static void test_daemon_adapters(void **state)
     assert_string_equal(json_string_value(json_object_get(l0, "name")), "story");
     assert_true(json_integer_value(json_object_get(l0, "pairs")) > 0);
     json_decref(st);
+    /* the same name again on the command line is refused */
+    char *dup_argv[] = {(char *)nbt_bin("nibd"), "-m", base, "--config", conf, "--lora", arg, NULL};
+    char *dup_err = NULL;
+    assert_int_equal(nbt_run(dup_argv, NULL, &dup_err, 30), 2);
+    assert_non_null(strstr(dup_err, "two LoRA adapters named 'story'"));
+    free(dup_err);
+    unlink(conf);
+    free(conf);
     nb_client_close(c);
     nb_client_close(c2);
     assert_int_equal(nbt_daemon_stop(&d), 0);

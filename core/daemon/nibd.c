@@ -763,6 +763,33 @@ static int lora_name_ok(const char *s, size_t n)
     return 1;
 }
 
+/* One more adapter (from the config file or --lora); 0, or the exit code
+ * after a message.  The daemon moves to /: the file is kept as an absolute
+ * path. */
+static int add_lora(nbd_options *o, const char *name, size_t nl, const char *file)
+{
+    static char names[NBD_MAX_LORA][NBD_MAX_LORA_NAME + 1], files[NBD_MAX_LORA][PATH_MAX];
+    if (o->n_lora == NBD_MAX_LORA) {
+        fprintf(stderr, "nibd: at most %d LoRA adapters\n", NBD_MAX_LORA);
+        return 2;
+    }
+    for (int i = 0; i < o->n_lora; i++)
+        if (strlen(o->lora_name[i]) == nl && !memcmp(o->lora_name[i], name, nl)) {
+            fprintf(stderr, "nibd: two LoRA adapters named '%.*s'\n", (int)nl, name);
+            return 2;
+        }
+    if (!realpath(file, files[o->n_lora])) {
+        fprintf(stderr, "nibd: LoRA adapter %.*s: %s: %s\n", (int)nl, name, file, strerror(errno));
+        return 1;
+    }
+    memcpy(names[o->n_lora], name, nl);
+    names[o->n_lora][nl] = 0;
+    o->lora_name[o->n_lora] = names[o->n_lora];
+    o->lora_path[o->n_lora] = files[o->n_lora];
+    o->n_lora++;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -794,6 +821,11 @@ int main(int argc, char **argv)
     o.n_batch = 512;
     o.prompt_chunk = 128;
     const char *socket_opt = cfg.socket[0] ? cfg.socket : NULL;
+    for (int i = 0; i < cfg.n_lora; i++) {
+        int rc = add_lora(&o, cfg.lora_name[i], strlen(cfg.lora_name[i]), cfg.lora_path[i]);
+        if (rc)
+            return rc;
+    }
     int do_daemonize = 0, level = level_of(cfg.log_level);
     int c;
     char *end;
@@ -832,33 +864,15 @@ int main(int argc, char **argv)
             }
             break;
         case 'L': {
-            /* the daemon moves to /: the file is kept as an absolute path */
             const char *eq = strchr(optarg, '=');
-            size_t nl = eq ? (size_t)(eq - optarg) : 0;
-            if (!eq || !lora_name_ok(optarg, nl) || !eq[1]) {
+            if (!eq || !lora_name_ok(optarg, (size_t)(eq - optarg)) || !eq[1]) {
                 fprintf(stderr, "nibd: --lora wants NAME=FILE with a NAME of 1 to %d letters, "
                                 "digits, '.', '_' or '-', not '%s'\n", NBD_MAX_LORA_NAME, optarg);
                 return 2;
             }
-            if (o.n_lora == NBD_MAX_LORA) {
-                fprintf(stderr, "nibd: at most %d --lora adapters\n", NBD_MAX_LORA);
-                return 2;
-            }
-            for (int i = 0; i < o.n_lora; i++)
-                if (strlen(o.lora_name[i]) == nl && !memcmp(o.lora_name[i], optarg, nl)) {
-                    fprintf(stderr, "nibd: two --lora adapters named '%.*s'\n", (int)nl, optarg);
-                    return 2;
-                }
-            static char names[NBD_MAX_LORA][NBD_MAX_LORA_NAME + 1], files[NBD_MAX_LORA][PATH_MAX];
-            if (!realpath(eq + 1, files[o.n_lora])) {
-                fprintf(stderr, "nibd: --lora %s: %s: %s\n", optarg, eq + 1, strerror(errno));
-                return 1;
-            }
-            memcpy(names[o.n_lora], optarg, nl);
-            names[o.n_lora][nl] = 0;
-            o.lora_name[o.n_lora] = names[o.n_lora];
-            o.lora_path[o.n_lora] = files[o.n_lora];
-            o.n_lora++;
+            int rc = add_lora(&o, optarg, (size_t)(eq - optarg), eq + 1);
+            if (rc)
+                return rc;
             break;
         }
         case 'S': socket_opt = optarg; break;

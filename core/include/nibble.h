@@ -493,6 +493,7 @@ NB_API void nb_stopper_flush(nb_stopper *s, const char **emit, size_t *emit_len)
  * keep_alive (seconds, -1 = never), log_level (error, warn, info, debug),
  * socket, nibd (the daemon program to start), template, system,
  * history_size.  A value may be in double quotes; a path may start "~/". */
+#define NB_CONFIG_MAX_LORA 16
 typedef struct nb_config {
     char model[4096];
     int threads;          /* 0: physical cores */
@@ -505,6 +506,10 @@ typedef struct nb_config {
     char chat_template[64];
     char system[4096];
     int history_size;     /* default 1000 */
+    /* "lora = NAME=FILE" lines (repeatable): adapters nibd loads */
+    int n_lora;
+    char lora_name[NB_CONFIG_MAX_LORA][65];
+    char lora_path[NB_CONFIG_MAX_LORA][4096];
 } nb_config;
 
 NB_API void nb_config_defaults(nb_config *c);

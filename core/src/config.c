@@ -8,6 +8,7 @@
  * file is not an error.  Unknown keys and malformed values are, with the
  * line number, so that a typo never silently changes nothing.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -186,7 +187,23 @@ nb_status nb_config_load(nb_config *c, const char *path, char *err, size_t errle
             bad = parse_long(val, 1, 64, &x) || ((c->slots = (int)x), 0);
         else if (!strcmp(key, "history_size"))
             bad = parse_long(val, 0, 1000000, &x) || ((c->history_size = (int)x), 0);
-        else if (!strcmp(key, "keep_alive")) {
+        else if (!strcmp(key, "lora")) {
+            /* NAME=FILE; the name as nibd --lora takes it */
+            char *sep = strchr(val, '=');
+            size_t nl = sep ? (size_t)(sep - val) : 0;
+            bad = !sep || nl < 1 || nl > 64 || !sep[1] || c->n_lora == NB_CONFIG_MAX_LORA;
+            for (size_t i = 0; !bad && i < nl; i++)
+                bad = !isalnum((unsigned char)val[i]) && !strchr("._-", val[i]);
+            for (int i = 0; !bad && i < c->n_lora; i++)
+                bad = strlen(c->lora_name[i]) == nl && !memcmp(c->lora_name[i], val, nl);
+            if (!bad) {
+                memcpy(c->lora_name[c->n_lora], val, nl);
+                c->lora_name[c->n_lora][nl] = 0;
+                bad = copy_path(c->lora_path[c->n_lora], sizeof c->lora_path[0], sep + 1);
+                if (!bad)
+                    c->n_lora++;
+            }
+        } else if (!strcmp(key, "keep_alive")) {
             char *end;
             double d = strtod(val, &end);
             bad = end == val || *end || !(d >= -1 && d <= 1e9);
