@@ -33,7 +33,7 @@ static const char *src_dir(void)
 }
 
 static pid_t editor = -1;
-static nbt_daemon fast = {0}, slow = {0}, fimd = {0};
+static nbt_daemon fast = {0}, slow = {0}, fimd = {0}, lorad = {0};
 static char dir[64];
 
 static int teardown(void **state)
@@ -50,6 +50,8 @@ static int teardown(void **state)
         nbt_daemon_stop(&slow);
     if (fimd.pid > 0)
         nbt_daemon_stop(&fimd);
+    if (lorad.pid > 0)
+        nbt_daemon_stop(&lorad);
     if (dir[0]) {
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -95,6 +97,15 @@ static void test_plugin(void **state)
     char *fm = nbt_data_path("models/llama-bpe-random-f16.gguf");
     nbt_daemon_start(&fimd, fm, NULL);
     free(fm);
+    /* the wide story model with a LoRA adapter the plugin's lora option names */
+    char *wm = nbt_data_path("models/stories260K-wide-f32.gguf");
+    char *la = nbt_data_path("models/lora-stories260K-wide-r8.gguf");
+    char lora_arg[4200];
+    snprintf(lora_arg, sizeof lora_arg, "story=%s", la);
+    const char *lora_extra[] = {"--lora", lora_arg, NULL};
+    nbt_daemon_start(&lorad, wm, lora_extra);
+    free(wm);
+    free(la);
 
     char addr[128], result[128], nps[16];
     snprintf(addr, sizeof addr, "%s/editor.sock", dir);
@@ -103,6 +114,7 @@ static void test_plugin(void **state)
     setenv("NIBBLE_SOCK", fast.sock, 1);
     setenv("NIBBLE_SLOW_SOCK", slow.sock, 1);
     setenv("NIBBLE_FIM_SOCK", fimd.sock, 1);
+    setenv("NIBBLE_LORA_SOCK", lorad.sock, 1);
     setenv("NIBBLE_EXPECT", expect, 1);
     setenv("NIBBLE_N_PREDICT", nps, 1);
     setenv("NIBBLE_ADDR", addr, 1);
@@ -147,6 +159,7 @@ static void test_plugin(void **state)
                           "ok checkhealth nibble passes\n",
                           "ok NibRewrite replaces the selection and undoes in one step\n",
                           "ok a model with FIM tokens gets the text after the cursor too\n",
+                          "ok the lora option applies the daemon's adapter to suggestions\n",
                           "ok a keystroke during a request cancels it\n"};
     for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
         if (!strstr(res, must[i]))

@@ -131,6 +131,11 @@ end
 -- Send a request; on_event(ev) gets each event, the last one with `done`
 -- or `error`.  Returns a handle with :cancel(), or nil and a message.
 function M.request(tbl, on_event)
+  -- the configured adapters go with every generation request that names none
+  local lora = state.opts and state.opts.lora
+  if lora and #lora > 0 and tbl.lora == nil and (tbl.op == "infill" or tbl.op == "complete" or tbl.op == "chat") then
+    tbl.lora = lora
+  end
   local ok, msg = M.ensure()
   if not ok then
     return nil, msg

@@ -22,6 +22,8 @@ M.defaults = {
   socket = nil, -- nibd's socket (nil: the default, as nib and nibd find it)
   model = nil, -- model for a daemon started on demand (nil: $NIBBLE_MODEL or the config)
   autostart = true, -- start nibd when it is not running
+  -- lora = nil: LoRA adapters for every request, { { name = "alpaca", scale = 0.8 } },
+  -- names nibd was started with (nibd --lora NAME=FILE, or lora lines in the config)
   keys = {
     accept = "<Tab>", -- accept the whole suggestion; Tab does what it did before when none shows
     accept_word = "<C-Right>",
@@ -39,6 +41,25 @@ local function is_list_of_strings(v)
   end
   for k, s in pairs(v) do
     if type(k) ~= "number" or type(s) ~= "string" then
+      return false
+    end
+  end
+  return true
+end
+
+-- nil, or a list of { name = string, scale = number? } (at most 16)
+local function is_lora_list(v)
+  if v == nil then
+    return true
+  end
+  if type(v) ~= "table" or #v > 16 then
+    return false
+  end
+  for k, a in pairs(v) do
+    if type(k) ~= "number" or type(a) ~= "table" or type(a.name) ~= "string" or a.name == "" then
+      return false
+    end
+    if a.scale ~= nil and type(a.scale) ~= "number" then
       return false
     end
   end
@@ -69,6 +90,7 @@ local checks = {
   socket = { "string", true },
   model = { "string", true },
   autostart = { "boolean" },
+  lora = { is_lora_list, 'nil or a list of { name = "NAME", scale = NUMBER } (at most 16)' },
   keys = { "table" },
   highlight = { "string" },
 }
@@ -81,7 +103,7 @@ function M.build(user)
     return nil, "nibble.setup() wants a table of options, not " .. type(user)
   end
   for k in pairs(user) do
-    if M.defaults[k] == nil and k ~= "socket" and k ~= "model" then
+    if M.defaults[k] == nil and k ~= "socket" and k ~= "model" and k ~= "lora" then
       return nil, "nibble.setup(): unknown option '" .. tostring(k) .. "' (see :help nibble-options)"
     end
   end

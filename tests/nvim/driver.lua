@@ -230,6 +230,64 @@ if fim then
   end)
 end
 
+local lora_sock = os.getenv("NIBBLE_LORA_SOCK")
+if lora_sock then
+  local function lora_check()
+    -- keep a copy of each request as the plugin builds it, before the
+    -- client adds the configured adapters
+    lua([[
+      local c = require("nibble.client")
+      if not _G.nibble_test_orig_request then
+        _G.nibble_test_orig_request = c.request
+        c.request = function(tbl, cb)
+          _G.nibble_test_last = vim.deepcopy(tbl)
+          return _G.nibble_test_orig_request(tbl, cb)
+        end
+      end
+      local n = require("nibble")
+      c.close()
+      n.options.socket = ...
+      n.options.lora = { { name = "story", scale = 1.0 } }
+      n.options.max_lines = 1000
+      c.configure(n.options)
+    ]], lora_sock)
+    input("<Esc>")
+    ex("enew! | setfiletype text")
+    input("i" .. "Once upon a time, there was a little")
+    wait_for("the suggestion", 20000, function()
+      local s = state()
+      return s.text and s.text ~= "" and not s.pending
+    end)
+    local s = state()
+    local req = lua("return _G.nibble_test_last")
+    local c = assert(require("nibble.core").connect({ socket = lora_sock, autostart = false }))
+    local plain, perr = c:call(req, 20000)
+    req.lora = { { name = "story", scale = 1.0 } }
+    local with, werr = c:call(req, 20000)
+    c:close()
+    if type(plain) ~= "string" or type(with) ~= "string" then
+      error("the daemon did not answer: " .. tostring(perr) .. " / " .. tostring(werr), 0)
+    end
+    if plain == with then
+      error("the adapter changes nothing on this prompt: " .. vim.inspect(plain), 0)
+    end
+    eq(s.text, with, "suggestion")
+  end
+  check("the lora option applies the daemon's adapter to suggestions", function()
+    local okk, err = pcall(lora_check)
+    -- the next checks run without the option, pass or fail
+    lua([[
+      local n = require("nibble")
+      n.options.lora = nil
+      n.options.max_lines = 8
+    ]])
+    input("<Esc>")
+    if not okk then
+      error(err, 0)
+    end
+  end)
+end
+
 local slow = os.getenv("NIBBLE_SLOW_SOCK")
 if slow then
   check("a keystroke during a request cancels it", function()
