@@ -565,6 +565,18 @@ static json_t *daemon_complete(nb_client *c, const char *prompt, const char *lor
     return nbt_finish(c, text);
 }
 
+/* The daemon of test_daemon_adapters, stopped by the teardown when a
+ * failed check left it running. */
+static nbt_daemon d;
+
+static int stop_daemon(void **state)
+{
+    (void)state;
+    if (d.pid > 0)
+        nbt_daemon_stop(&d); /* also sets pid to 0 */
+    return 0;
+}
+
 /* Requests with and without the adapter, one after the other and at the
  * same time on two connections, each match `nibble eval` with the same
  * adapter; a slot's cache is reused only for the same adapters and
@@ -583,7 +595,6 @@ static void test_daemon_adapters(void **state)
     char arg[4200];
     snprintf(arg, sizeof arg, "story=%s", lora);
     const char *extra[] = {"-s", "1", "--lora", arg, NULL};
-    nbt_daemon d;
     nbt_daemon_start(&d, base, extra);
     nb_client *c = nbt_connect(d.sock), *c2 = nbt_connect(d.sock);
     assert_non_null(c);
@@ -793,7 +804,7 @@ int main(void)
         cmocka_unit_test(test_merge_types_and_errors),
         cmocka_unit_test(test_pair_types),
         cmocka_unit_test(test_malformed_pairs),
-        cmocka_unit_test(test_daemon_adapters),
+        cmocka_unit_test_teardown(test_daemon_adapters, stop_daemon),
         cmocka_unit_test(test_synth_adapter),
     };
     return cmocka_run_group_tests_name("lora", tests, NULL, NULL);
