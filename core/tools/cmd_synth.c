@@ -197,6 +197,78 @@ done:
     return st;
 }
 
+/* The tensors of one block: name pattern ("blk.%d.attn_q.weight") and
+ * shape; ne1 == 1 marks a norm vector, the rest are the matrices. */
+typedef struct layer_tensor {
+    const char *fmt;
+    int64_t ne0, ne1;
+} layer_tensor;
+
+#define N_LAYER_TENSORS 9
+
+static void layer_tensors(const shape *sh, layer_tensor t[N_LAYER_TENSORS])
+{
+    const int64_t E = sh->embd, KV = (int64_t)sh->kv_heads * (sh->embd / sh->heads), F = sh->ff;
+    const layer_tensor all[N_LAYER_TENSORS] = {
+        {"blk.%d.attn_norm.weight", E, 1},   {"blk.%d.attn_q.weight", E, E},
+        {"blk.%d.attn_k.weight", E, KV},     {"blk.%d.attn_v.weight", E, KV},
+        {"blk.%d.attn_output.weight", E, E}, {"blk.%d.ffn_norm.weight", E, 1},
+        {"blk.%d.ffn_gate.weight", E, F},    {"blk.%d.ffn_up.weight", E, F},
+        {"blk.%d.ffn_down.weight", F, E}};
+    memcpy(t, all, sizeof all);
+}
+
+/* Describe tensor s->n_tensors (name, ne0 x ne1, type; 1-D when ne1 is 1)
+ * to w and count it; -1 after a message. */
+static int add_tensor(nbi_gw *w, synth *s, const char *name, int64_t ne0, int64_t ne1, int type)
+{
+    const int64_t k = s->n_tensors;
+    snprintf(s->names[k], sizeof s->names[k], "%s", name);
+    s->ne[k][0] = ne0;
+    s->ne[k][1] = ne1;
+    s->ne[k][2] = s->ne[k][3] = 1;
+    s->types[k] = type;
+    if (nbi_gw_tensor(w, s->names[k], type, ne1 == 1 ? 1 : 2, s->ne[k])) {
+        tool_error("cannot describe tensor %s", s->names[k]);
+        return -1;
+    }
+    s->n_tensors++;
+    return 0;
+}
+
+/* Room for n tensors in s; -1 after a message. */
+static int alloc_tensors(synth *s, int64_t n)
+{
+    s->names = calloc((size_t)n, sizeof *s->names);
+    s->types = calloc((size_t)n, sizeof *s->types);
+    s->ne = calloc((size_t)n, sizeof *s->ne);
+    if (!s->names || !s->types || !s->ne) {
+        tool_error("out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Write the file w describes, filling the tensors from s; EXIT_OK or
+ * EXIT_ERR after a message. */
+static int write_out(nbi_gw *w, synth *s, const char *out)
+{
+    char err[512];
+    nb_status st = nbi_gw_write(w, out, fill, s, err, sizeof err);
+    if (s->is_tty)
+        fputc('\n', stderr);
+    if (st)
+        return tool_error("%s", err);
+    return EXIT_OK;
+}
+
+static void free_tensors(synth *s)
+{
+    free(s->names);
+    free(s->types);
+    free(s->ne);
+}
+
 /* --lora-rank: an adapter for the model of shape sh, with a lora_a
  * (n_in, rank) and lora_b (rank, n_out) pair for each matrix of each layer,
  * filled like the model's matrices (standard deviation 1/sqrt(inputs)). */
@@ -204,20 +276,13 @@ static int synth_lora(const char *out, const shape *sh, int wtype, int rank, uin
 {
     int rc = EXIT_ERR;
     nbi_gw *w = NULL;
-    const int64_t head_dim = sh->embd / sh->heads, E = sh->embd, F = sh->ff;
-    const int64_t KV = (int64_t)sh->kv_heads * head_dim;
-    const struct {
-        const char *name;
-        int64_t n_in, n_out;
-    } mats[] = {{"attn_q", E, E},      {"attn_k", E, KV},   {"attn_v", E, KV},
-                {"attn_output", E, E}, {"ffn_gate", E, F}, {"ffn_up", E, F},
-                {"ffn_down", F, E}};
-    const int n_mats = (int)(sizeof mats / sizeof mats[0]);
-    int64_t nt = 2 * n_mats * (int64_t)sh->layers;
-    synth s = {seed, wtype, nt, calloc((size_t)nt, sizeof *s.names),
-               calloc((size_t)nt, sizeof *s.types), calloc((size_t)nt, sizeof *s.ne), isatty(2)};
-    char name[160], err[512];
-    if (!s.names || !s.types || !s.ne || nbi_gw_new(&w)) {
+    layer_tensor lt[N_LAYER_TENSORS];
+    layer_tensors(sh, lt);
+    synth s = {seed, wtype, 0, NULL, NULL, NULL, isatty(2)};
+    char name[160];
+    if (alloc_tensors(&s, 2 * N_LAYER_TENSORS * (int64_t)sh->layers))
+        goto done;
+    if (nbi_gw_new(&w)) {
         tool_error("out of memory");
         goto done;
     }
@@ -228,33 +293,22 @@ static int synth_lora(const char *out, const shape *sh, int wtype, int rank, uin
         tool_error("out of memory");
         goto done;
     }
-    int64_t k = 0;
     for (int l = 0; l < sh->layers; l++)
-        for (int j = 0; j < n_mats; j++)
-            for (int half = 0; half < 2; half++, k++) {
-                snprintf(s.names[k], sizeof s.names[k], "blk.%d.%s.weight.lora_%c", l,
-                         mats[j].name, half ? 'b' : 'a');
-                s.ne[k][0] = half ? rank : mats[j].n_in;
-                s.ne[k][1] = half ? mats[j].n_out : rank;
-                s.ne[k][2] = s.ne[k][3] = 1;
-                s.types[k] = wtype;
-                if (nbi_gw_tensor(w, s.names[k], wtype, 2, s.ne[k])) {
-                    tool_error("cannot describe tensor %s", s.names[k]);
-                    goto done;
-                }
-            }
-    nb_status st = nbi_gw_write(w, out, fill, &s, err, sizeof err);
-    if (s.is_tty)
-        fputc('\n', stderr);
-    if (st) {
-        tool_error("%s", err);
-        goto done;
-    }
-    rc = EXIT_OK;
+        for (int j = 0; j < N_LAYER_TENSORS; j++) {
+            if (lt[j].ne1 == 1)
+                continue; /* norms are not adapted */
+            char base[128];
+            snprintf(base, sizeof base, lt[j].fmt, l);
+            snprintf(name, sizeof name, "%s.lora_a", base);
+            if (add_tensor(w, &s, name, lt[j].ne0, rank, wtype))
+                goto done;
+            snprintf(name, sizeof name, "%s.lora_b", base);
+            if (add_tensor(w, &s, name, rank, lt[j].ne1, wtype))
+                goto done;
+        }
+    rc = write_out(w, &s, out);
 done:
-    free(s.names);
-    free(s.types);
-    free(s.ne);
+    free_tensors(&s);
     nbi_gw_free(w);
     return rc;
 }
@@ -401,59 +455,26 @@ int cmd_synth(int argc, char **argv)
     }
 
     /* tensors: 2 + 9 per layer + 1 */
-    int64_t nt = 3 + 9 * (int64_t)sh.layers;
-    s.names = calloc((size_t)nt, sizeof *s.names);
-    s.types = calloc((size_t)nt, sizeof *s.types);
-    s.ne = calloc((size_t)nt, sizeof *s.ne);
-    if (!s.names || !s.types || !s.ne) {
-        tool_error("out of memory");
+    if (alloc_tensors(&s, 3 + N_LAYER_TENSORS * (int64_t)sh.layers))
         goto done;
-    }
-    int64_t E = sh.embd, KV = (int64_t)sh.kv_heads * head_dim, F = sh.ff, V = sh.n_vocab;
-    struct {
-        const char *fmt;
-        int64_t ne0, ne1;
-    } layer[] = {{"blk.%d.attn_norm.weight", E, 1}, {"blk.%d.attn_q.weight", E, E},
-                 {"blk.%d.attn_k.weight", E, KV},   {"blk.%d.attn_v.weight", E, KV},
-                 {"blk.%d.attn_output.weight", E, E}, {"blk.%d.ffn_norm.weight", E, 1},
-                 {"blk.%d.ffn_gate.weight", E, F},  {"blk.%d.ffn_up.weight", E, F},
-                 {"blk.%d.ffn_down.weight", F, E}};
-    int64_t k = 0;
-#define ADD(nm, a, b)                                                                       \
-    do {                                                                                    \
-        snprintf(s.names[k], sizeof s.names[k], "%s", nm);                                  \
-        s.ne[k][0] = (a);                                                                   \
-        s.ne[k][1] = (b);                                                                   \
-        s.ne[k][2] = s.ne[k][3] = 1;                                                        \
-        s.types[k] = (b) == 1 ? NB_TYPE_F32 : wtype;                                        \
-        if (nbi_gw_tensor(w, s.names[k], s.types[k], (b) == 1 ? 1 : 2, s.ne[k])) {          \
-            tool_error("cannot describe tensor %s", s.names[k]);                            \
-            goto done;                                                                      \
-        }                                                                                   \
-        k++;                                                                                \
-    } while (0)
-    ADD("token_embd.weight", E, V);
+    layer_tensor lt[N_LAYER_TENSORS];
+    layer_tensors(&sh, lt);
+    const int64_t E = sh.embd, V = sh.n_vocab;
+    if (add_tensor(w, &s, "token_embd.weight", E, V, wtype))
+        goto done;
     for (int l = 0; l < sh.layers; l++)
-        for (size_t j = 0; j < sizeof layer / sizeof layer[0]; j++) {
-            snprintf(name, sizeof name, layer[j].fmt, l);
-            ADD(name, layer[j].ne0, layer[j].ne1);
+        for (int j = 0; j < N_LAYER_TENSORS; j++) {
+            snprintf(name, sizeof name, lt[j].fmt, l);
+            if (add_tensor(w, &s, name, lt[j].ne0, lt[j].ne1,
+                           lt[j].ne1 == 1 ? NB_TYPE_F32 : wtype))
+                goto done;
         }
-    ADD("output_norm.weight", E, 1);
-    ADD("output.weight", E, V);
-#undef ADD
-    s.n_tensors = k;
-    st = nbi_gw_write(w, out, fill, &s, err, sizeof err);
-    if (s.is_tty)
-        fputc('\n', stderr);
-    if (st) {
-        tool_error("%s", err);
+    if (add_tensor(w, &s, "output_norm.weight", E, 1, NB_TYPE_F32) ||
+        add_tensor(w, &s, "output.weight", E, V, wtype))
         goto done;
-    }
-    rc = EXIT_OK;
+    rc = write_out(w, &s, out);
 done:
-    free(s.names);
-    free(s.types);
-    free(s.ne);
+    free_tensors(&s);
     nb_gguf_close(vg);
     nbi_gw_free(w);
     return rc;
