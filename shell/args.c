@@ -4,7 +4,6 @@
  * (tests/fuzz/fuzz_nib.c): the options, the question, and the message
  * that wraps piped text.
  */
-#include <ctype.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -116,11 +115,8 @@ static int add_lora(nib_opts *o, const char *arg)
     const char *eq = strchr(arg, '=');
     size_t nl = eq ? (size_t)(eq - arg) : strlen(arg);
     double scale = 1.0;
-    if (nl < 1 || nl > 64)
+    if (!nb_lora_name_valid(arg, nl))
         return -1;
-    for (size_t i = 0; i < nl; i++)
-        if (!isalnum((unsigned char)arg[i]) && !strchr("._-", arg[i]))
-            return -1;
     if (eq) {
         char *end;
         scale = strtod(eq + 1, &end);

@@ -12,7 +12,6 @@
  * connection another, so a client that hangs up mid-stream only cancels
  * its own jobs.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -753,16 +752,6 @@ static int daemonize(char *err, size_t errlen, int *ready_fd)
     return 0;
 }
 
-static int lora_name_ok(const char *s, size_t n)
-{
-    if (n < 1 || n > NBD_MAX_LORA_NAME)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("._-", s[i]))
-            return 0;
-    return 1;
-}
-
 /* One more adapter (from the config file or --lora); 0, or the exit code
  * after a message.  The daemon moves to /: the file is kept as an absolute
  * path. */
@@ -865,7 +854,7 @@ int main(int argc, char **argv)
             break;
         case 'L': {
             const char *eq = strchr(optarg, '=');
-            if (!eq || !lora_name_ok(optarg, (size_t)(eq - optarg)) || !eq[1]) {
+            if (!eq || !nb_lora_name_valid(optarg, (size_t)(eq - optarg)) || !eq[1]) {
                 fprintf(stderr, "nibd: --lora wants NAME=FILE with a NAME of 1 to %d letters, "
                                 "digits, '.', '_' or '-', not '%s'\n", NBD_MAX_LORA_NAME, optarg);
                 return 2;

@@ -16,7 +16,7 @@
 #define NBD_MAX_PREDICT (1 << 20)
 #define NBD_MAX_TOKENIZE (1 << 20) /* tokens in a tokenize reply */
 #define NBD_MAX_LORA 16            /* adapters per request, and per daemon */
-#define NBD_MAX_LORA_NAME 64       /* bytes of an adapter's name */
+#define NBD_MAX_LORA_NAME NB_LORA_NAME_MAX /* bytes of an adapter's name */
 #define NBD_MAX_LORA_SCALE 100.0f  /* |scale| of a request's adapter */
 
 typedef enum nbd_op {

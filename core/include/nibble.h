@@ -494,6 +494,7 @@ NB_API void nb_stopper_flush(nb_stopper *s, const char **emit, size_t *emit_len)
  * socket, nibd (the daemon program to start), template, system,
  * history_size.  A value may be in double quotes; a path may start "~/". */
 #define NB_CONFIG_MAX_LORA 16
+#define NB_LORA_NAME_MAX 64
 typedef struct nb_config {
     char model[4096];
     int threads;          /* 0: physical cores */
@@ -508,9 +509,13 @@ typedef struct nb_config {
     int history_size;     /* default 1000 */
     /* "lora = NAME=FILE" lines (repeatable): adapters nibd loads */
     int n_lora;
-    char lora_name[NB_CONFIG_MAX_LORA][65];
+    char lora_name[NB_CONFIG_MAX_LORA][NB_LORA_NAME_MAX + 1];
     char lora_path[NB_CONFIG_MAX_LORA][4096];
 } nb_config;
+
+/* Whether the len bytes at name make an adapter name nibd, nib and the
+ * config file accept: 1 to NB_LORA_NAME_MAX letters, digits, '.', '_', '-'. */
+NB_API int nb_lora_name_valid(const char *name, size_t len);
 
 NB_API void nb_config_defaults(nb_config *c);
 /* Read path (NULL: the default file) over the values already in c.  A

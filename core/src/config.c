@@ -19,6 +19,16 @@
 
 #include "internal.h"
 
+int nb_lora_name_valid(const char *name, size_t len)
+{
+    if (len < 1 || len > NB_LORA_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)name[i]) && !strchr("._-", name[i]))
+            return 0;
+    return 1;
+}
+
 void nb_config_defaults(nb_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -191,9 +201,8 @@ nb_status nb_config_load(nb_config *c, const char *path, char *err, size_t errle
             /* NAME=FILE; the name as nibd --lora takes it */
             char *sep = strchr(val, '=');
             size_t nl = sep ? (size_t)(sep - val) : 0;
-            bad = !sep || nl < 1 || nl > 64 || !sep[1] || c->n_lora == NB_CONFIG_MAX_LORA;
-            for (size_t i = 0; !bad && i < nl; i++)
-                bad = !isalnum((unsigned char)val[i]) && !strchr("._-", val[i]);
+            bad = !sep || !nb_lora_name_valid(val, nl) || !sep[1] ||
+                  c->n_lora == NB_CONFIG_MAX_LORA;
             for (int i = 0; !bad && i < c->n_lora; i++)
                 bad = strlen(c->lora_name[i]) == nl && !memcmp(c->lora_name[i], val, nl);
             if (!bad) {
