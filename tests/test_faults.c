@@ -18,18 +18,15 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
-#include <pty.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -357,54 +354,8 @@ static int run_nib(char *const args[], char **out, char **err, long fsize)
     for (int i = 0; args[i] && n < 31; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
-    if (fsize <= 0)
-        return nbt_run(argv, out, err, 60);
-    int po[2], pe[2];
-    assert_int_equal(pipe(po), 0);
-    assert_int_equal(pipe(pe), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        struct rlimit rl = {(rlim_t)fsize, (rlim_t)fsize};
-        setrlimit(RLIMIT_FSIZE, &rl);
-        signal(SIGXFSZ, SIG_IGN);
-        int null = open("/dev/null", O_RDONLY);
-        dup2(null, 0);
-        dup2(po[1], 1);
-        dup2(pe[1], 2);
-        close(po[0]), close(pe[0]), close(po[1]), close(pe[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    char *bufs[2] = {calloc(1, 1), calloc(1, 1)};
-    size_t lens[2] = {0, 0};
-    int fds[2] = {po[0], pe[0]};
-    while (fds[0] >= 0 || fds[1] >= 0) {
-        struct pollfd pf[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
-        if (poll(pf, 2, 60000) <= 0)
-            break;
-        for (int i = 0; i < 2; i++) {
-            if (fds[i] < 0 || !pf[i].revents)
-                continue;
-            char tmp[65536];
-            ssize_t r = read(fds[i], tmp, sizeof tmp);
-            if (r <= 0) {
-                close(fds[i]);
-                fds[i] = -1;
-                continue;
-            }
-            bufs[i] = realloc(bufs[i], lens[i] + (size_t)r + 1);
-            memcpy(bufs[i] + lens[i], tmp, (size_t)r);
-            lens[i] += (size_t)r;
-            bufs[i][lens[i]] = 0;
-        }
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    *out = bufs[0];
-    *err = bufs[1];
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    const nbt_run_opts o = {.fsize = fsize};
+    return nbt_run_with(argv, &o, out, err, 60);
 }
 
 /* nib: one line on stderr saying what happened, exit status 1, and the
@@ -601,83 +552,6 @@ static void test_model_truncated(void **state)
 
 /* ------------------------------------------------------------------ full disk */
 
-typedef struct term {
-    int fd;
-    pid_t pid;
-    char buf[1 << 16];
-    size_t len;
-} term;
-
-static void term_start(term *t, char *const argv[])
-{
-    struct winsize ws = {30, 100, 0, 0};
-    t->len = 0;
-    t->buf[0] = 0;
-    t->pid = forkpty(&t->fd, NULL, NULL, &ws);
-    assert_true(t->pid >= 0);
-    if (t->pid == 0) {
-        execv(argv[0], argv);
-        _exit(127);
-    }
-}
-
-static size_t term_wait(term *t, size_t from, const char *want, int timeout_ms)
-{
-    double end = now_ms() + timeout_ms;
-    for (;;) {
-        char *hit = strstr(t->buf + from, want);
-        if (hit)
-            return (size_t)(hit - t->buf);
-        double left = end - now_ms();
-        if (left <= 0)
-            fail_msg("waited for '%s'; the terminal shows:\n%s", want, t->buf + from);
-        struct pollfd pf = {t->fd, POLLIN, 0};
-        if (poll(&pf, 1, (int)left) <= 0)
-            continue;
-        ssize_t r = read(t->fd, t->buf + t->len, sizeof t->buf - 1 - t->len);
-        if (r <= 0)
-            fail_msg("the terminal closed waiting for '%s'; it shows:\n%s", want, t->buf + from);
-        t->len += (size_t)r;
-        t->buf[t->len] = 0;
-    }
-}
-
-/* Keys for the line editor, once it owns the terminal. */
-static void term_edit(term *t, const char *keys)
-{
-    struct termios tio;
-    double end = now_ms() + 10000;
-    while (tcgetattr(t->fd, &tio) == 0 && (tio.c_lflag & ICANON)) {
-        assert_true(now_ms() < end);
-        usleep(2000);
-    }
-    assert_int_equal(write(t->fd, keys, strlen(keys)), (ssize_t)strlen(keys));
-}
-
-static int term_exit(term *t)
-{
-    int status;
-    double end = now_ms() + 10000;
-    while (waitpid(t->pid, &status, WNOHANG) == 0) {
-        if (now_ms() > end) {
-            kill(t->pid, SIGKILL);
-            fail_msg("nib did not exit");
-        }
-        struct pollfd pf = {t->fd, POLLIN, 0};
-        if (poll(&pf, 1, 10) > 0 && t->len < sizeof t->buf - 1) {
-            ssize_t r = read(t->fd, t->buf + t->len, sizeof t->buf - 1 - t->len);
-            if (r > 0) {
-                t->len += (size_t)r;
-                t->buf[t->len] = 0;
-            } else {
-                usleep(10000);
-            }
-        }
-    }
-    close(t->fd);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static int count_of(const char *s, const char *what)
 {
     int n = 0;
@@ -701,17 +575,17 @@ static void test_history_disk_full(void **state)
     char bin[4096];
     snprintf(bin, sizeof bin, "%s", nbt_bin("nib"));
     char *argv[] = {bin, "--raw", "-v", "-n", "4", NULL};
-    term t;
-    term_start(&t, argv);
+    nbt_term t;
+    nbt_term_start(&t, argv);
     track(t.pid);
-    size_t at = term_wait(&t, 0, "> ", 20000);
-    term_edit(&t, "first question\r");
-    at = term_wait(&t, at, "No space left on device", 20000);
-    at = term_wait(&t, at, "tokens/s", 20000) + 8;
-    term_edit(&t, "second question\r");
-    at = term_wait(&t, at, "tokens/s", 20000) + 8;
-    term_edit(&t, "\x04");
-    int rc = term_exit(&t);
+    size_t at = nbt_term_wait(&t, 0, "> ", 20000);
+    nbt_term_edit(&t, "first question\r");
+    at = nbt_term_wait(&t, at, "No space left on device", 20000);
+    at = nbt_term_wait(&t, at, "tokens/s", 20000) + 8;
+    nbt_term_edit(&t, "second question\r");
+    at = nbt_term_wait(&t, at, "tokens/s", 20000) + 8;
+    nbt_term_edit(&t, "\x04");
+    int rc = nbt_term_exit(&t);
     reaped(t.pid);
     assert_int_equal(rc, 0);
     assert_int_equal(count_of(t.buf, "cannot save history"), 1);

@@ -132,61 +132,15 @@ static int run_nib(const char *in, size_t in_len, char **out, char **err, char *
     argv[n] = NULL;
     if (!in)
         return nbt_run(argv, out, err, 60);
+    /* the daemon nib starts must not inherit nib's output pipes, or this
+     * would wait for their end for ever (nbt_run leaves them open in the
+     * child, as a careless parent would) */
     char *path = nbt_write_temp(in, in_len, ".txt");
-    int fd = open(path, O_RDONLY);
-    int saved = dup(0);
-    dup2(fd, 0); /* nbt_run gives the child /dev/null; swap it in by hand */
-    close(fd);
-    pid_t pid;
-    int po[2], pe[2];
-    if (pipe(po) || pipe(pe))
-        return -1;
-    pid = fork();
-    if (pid == 0) {
-        dup2(po[1], 1);
-        dup2(pe[1], 2);
-        close(po[0]);
-        close(pe[0]);
-        /* po[1] and pe[1] stay open on purpose, as a careless parent would
-         * leave them: the daemon nib starts must not inherit them, or this
-         * test would wait for EOF for ever. */
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    dup2(saved, 0);
-    close(saved);
-    close(po[1]);
-    close(pe[1]);
+    const nbt_run_opts o = {.stdin_path = path};
+    int rc = nbt_run_with(argv, &o, out, err, 60);
     unlink(path);
     free(path);
-    char *bufs[2] = {calloc(1, 1), calloc(1, 1)};
-    size_t lens[2] = {0, 0};
-    int fds[2] = {po[0], pe[0]};
-    while (fds[0] >= 0 || fds[1] >= 0) {
-        struct pollfd pf[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
-        if (poll(pf, 2, 60000) <= 0)
-            break;
-        for (int i = 0; i < 2; i++) {
-            if (fds[i] < 0 || !pf[i].revents)
-                continue;
-            char tmp[65536];
-            ssize_t r = read(fds[i], tmp, sizeof tmp);
-            if (r <= 0) {
-                close(fds[i]);
-                fds[i] = -1;
-                continue;
-            }
-            bufs[i] = realloc(bufs[i], lens[i] + (size_t)r + 1);
-            memcpy(bufs[i] + lens[i], tmp, (size_t)r);
-            lens[i] += (size_t)r;
-            bufs[i][lens[i]] = 0;
-        }
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    *out = bufs[0];
-    *err = bufs[1];
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return rc;
 }
 
 /* What the daemon answers, asked directly. */
@@ -505,97 +459,6 @@ static void test_errors(void **state)
 
 /* ------------------------------------------------------------------ pty */
 
-typedef struct term {
-    int fd;
-    pid_t pid;
-    char buf[1 << 16];
-    size_t len;
-} term;
-
-static void term_start(term *t, char *const argv[])
-{
-    struct winsize ws = {30, 100, 0, 0};
-    t->len = 0;
-    t->buf[0] = 0;
-    t->pid = forkpty(&t->fd, NULL, NULL, &ws);
-    assert_true(t->pid >= 0);
-    if (t->pid == 0) {
-        execv(argv[0], argv);
-        _exit(127);
-    }
-}
-
-/* The last part of the screen since `from` (cmocka cuts long messages). */
-static const char *tail(const term *t, size_t from)
-{
-    return t->len - from > 600 ? t->buf + t->len - 600 : t->buf + from;
-}
-
-/* Read until `want` shows up in the output since `from`; returns its offset. */
-static size_t term_wait(term *t, size_t from, const char *want, int timeout_ms)
-{
-    double end = now_ms() + timeout_ms;
-    for (;;) {
-        char *hit = strstr(t->buf + from, want);
-        if (hit)
-            return (size_t)(hit - t->buf);
-        double left = end - now_ms();
-        if (left <= 0)
-            fail_msg("waited for '%s'; the terminal ends with:\n%s", want, tail(t, from));
-        struct pollfd pf = {t->fd, POLLIN, 0};
-        if (poll(&pf, 1, (int)left) <= 0)
-            continue;
-        ssize_t r = read(t->fd, t->buf + t->len, sizeof t->buf - 1 - t->len);
-        if (r <= 0)
-            fail_msg("the terminal closed waiting for '%s'; it ends with:\n%s", want, tail(t, from));
-        t->len += (size_t)r;
-        t->buf[t->len] = 0;
-    }
-}
-
-static void term_send(term *t, const char *keys)
-{
-    assert_int_equal(write(t->fd, keys, strlen(keys)), (ssize_t)strlen(keys));
-}
-
-/* Keys for the line editor: wait until it owns the terminal (canonical mode
- * off), as keys typed before that are the tty's, not the editor's. */
-static void term_edit(term *t, const char *keys)
-{
-    struct termios tio;
-    double end = now_ms() + 5000;
-    while (tcgetattr(t->fd, &tio) == 0 && (tio.c_lflag & ICANON)) {
-        if (now_ms() > end)
-            fail_msg("the line editor never took the terminal; it ends with:\n%s", tail(t, 0));
-        usleep(2000);
-    }
-    term_send(t, keys);
-}
-
-static int term_exit(term *t)
-{
-    int status;
-    double end = now_ms() + 10000;
-    while (waitpid(t->pid, &status, WNOHANG) == 0) {
-        if (now_ms() > end) {
-            kill(t->pid, SIGKILL);
-            fail_msg("nib did not exit; the terminal ends with:\n%s", tail(t, 0));
-        }
-        struct pollfd pf = {t->fd, POLLIN, 0};
-        if (poll(&pf, 1, 10) > 0 && t->len < sizeof t->buf - 1) {
-            ssize_t r = read(t->fd, t->buf + t->len, sizeof t->buf - 1 - t->len);
-            if (r > 0) {
-                t->len += (size_t)r;
-                t->buf[t->len] = 0;
-            } else {
-                usleep(10000);
-            }
-        }
-    }
-    close(t->fd);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void test_repl(void **state)
 {
     (void)state;
@@ -606,16 +469,16 @@ static void test_repl(void **state)
     static char bin[4096];
     snprintf(bin, sizeof bin, "%s", nbt_bin("nib"));
     char *argv[] = {bin, "--raw", "-n", "-1", NULL};
-    term t;
-    term_start(&t, argv);
-    term_wait(&t, 0, "> ", 10000);
+    nbt_term t;
+    nbt_term_start(&t, argv);
+    nbt_term_wait(&t, 0, "> ", 10000);
     /* an answer streams; Ctrl-C stops it and returns to the prompt */
-    term_edit(&t, "hello there\r");
-    size_t at = term_wait(&t, 0, "hello there", 10000);
+    nbt_term_edit(&t, "hello there\r");
+    size_t at = nbt_term_wait(&t, 0, "hello there", 10000);
     usleep(500000);
-    term_send(&t, "\x03");
-    at = term_wait(&t, at, "(cancelled)", 5000);
-    at = term_wait(&t, at, "> ", 5000);
+    nbt_term_send(&t, "\x03");
+    at = nbt_term_wait(&t, at, "(cancelled)", 5000);
+    at = nbt_term_wait(&t, at, "> ", 5000);
     /* the daemon saw the request cancelled: its slot is free again */
     nb_client_params p = nb_client_default_params();
     p.autostart = 0;
@@ -633,13 +496,13 @@ static void test_repl(void **state)
     json_decref(st);
     nb_client_close(c);
     /* Up recalls the last line */
-    term_edit(&t, "\x1b[A");
-    term_wait(&t, at, "hello there", 5000);
-    term_edit(&t, "\x15/help\r"); /* Ctrl-U clears the recalled line */
-    at = term_wait(&t, at, "Ctrl-D leaves.", 5000);
+    nbt_term_edit(&t, "\x1b[A");
+    nbt_term_wait(&t, at, "hello there", 5000);
+    nbt_term_edit(&t, "\x15/help\r"); /* Ctrl-U clears the recalled line */
+    at = nbt_term_wait(&t, at, "Ctrl-D leaves.", 5000);
     /* Ctrl-D leaves with 0 */
-    term_edit(&t, "\x04");
-    assert_int_equal(term_exit(&t), 0);
+    nbt_term_edit(&t, "\x04");
+    assert_int_equal(nbt_term_exit(&t), 0);
 
     /* the history survives a restart */
     char hist[256];
@@ -648,18 +511,18 @@ static void test_repl(void **state)
     assert_non_null(h);
     assert_non_null(strstr(h, "hello there\n"));
     free(h);
-    term_start(&t, argv);
-    at = term_wait(&t, 0, "> ", 10000);
-    term_edit(&t, "\x1b[A\x1b[A");
-    term_wait(&t, at, "hello there", 5000);
-    term_edit(&t, "\x15 secret\r"); /* a leading space: not saved */
-    at = term_wait(&t, at, "secret", 5000);
+    nbt_term_start(&t, argv);
+    at = nbt_term_wait(&t, 0, "> ", 10000);
+    nbt_term_edit(&t, "\x1b[A\x1b[A");
+    nbt_term_wait(&t, at, "hello there", 5000);
+    nbt_term_edit(&t, "\x15 secret\r"); /* a leading space: not saved */
+    at = nbt_term_wait(&t, at, "secret", 5000);
     usleep(300000);
-    term_send(&t, "\x03");
-    at = term_wait(&t, at, "(cancelled)", 5000);
-    term_wait(&t, at, "> ", 5000);
-    term_edit(&t, "\x04");
-    assert_int_equal(term_exit(&t), 0);
+    nbt_term_send(&t, "\x03");
+    at = nbt_term_wait(&t, at, "(cancelled)", 5000);
+    nbt_term_wait(&t, at, "> ", 5000);
+    nbt_term_edit(&t, "\x04");
+    assert_int_equal(nbt_term_exit(&t), 0);
     h = nbt_read_file(hist, NULL);
     assert_null(strstr(h, "secret"));
     free(h);
@@ -669,12 +532,12 @@ static void test_repl(void **state)
 
 /* Type a line and wait for what marks its end (with -v, every answer ends
  * with nib's "tokens/s" line). */
-static size_t term_line(term *t, size_t at, const char *line, const char *until)
+static size_t term_line(nbt_term *t, size_t at, const char *line, const char *until)
 {
     char keys[512];
     snprintf(keys, sizeof keys, "%s\r", line);
-    term_edit(t, keys);
-    return term_wait(t, at, until, 20000) + strlen(until);
+    nbt_term_edit(t, keys);
+    return nbt_term_wait(t, at, until, 20000) + strlen(until);
 }
 
 static int count_of(const char *s, const char *what)
@@ -708,9 +571,9 @@ static void test_repl_chat(void **state)
     static char bin[4096];
     snprintf(bin, sizeof bin, "%s", nbt_bin("nib"));
     char *argv[] = {bin, "-v", "-n", "6", "-o", "temperature=0", NULL};
-    term t;
-    term_start(&t, argv);
-    size_t at = term_wait(&t, 0, "> ", 10000);
+    nbt_term t;
+    nbt_term_start(&t, argv);
+    size_t at = nbt_term_wait(&t, 0, "> ", 10000);
     /* a """ block is one message */
     at = term_line(&t, at, "\"\"\"", "... ");
     at = term_line(&t, at, "line one", "... ");
@@ -746,30 +609,30 @@ static void test_repl_chat(void **state)
     assert_string_equal(text, "## system\n\nBe brief.\n\n"); /* the system prompt stays */
     free(text);
     at = term_line(&t, at, "/nonsense", "unknown command");
-    term_edit(&t, "\x04");
-    assert_int_equal(term_exit(&t), 0);
+    nbt_term_edit(&t, "\x04");
+    assert_int_equal(nbt_term_exit(&t), 0);
 
     /* the history: capped at three, newest last, a repeat moved to the end */
     char hist[256];
     snprintf(hist, sizeof hist, "%s/state/nibble/history", home);
-    term_start(&t, argv);
-    at = term_wait(&t, 0, "> ", 10000);
+    nbt_term_start(&t, argv);
+    at = nbt_term_wait(&t, 0, "> ", 10000);
     at = term_line(&t, at, "/help", "Ctrl-D leaves.");
     at = term_line(&t, at, "/reset", "(new conversation)");
     at = term_line(&t, at, "/help", "Ctrl-D leaves.");
-    term_edit(&t, "\x04");
-    assert_int_equal(term_exit(&t), 0);
+    nbt_term_edit(&t, "\x04");
+    assert_int_equal(nbt_term_exit(&t), 0);
     char *h = nbt_read_file(hist, NULL);
     assert_non_null(h);
     assert_string_equal(h, "/nonsense\n/reset\n/help\n");
     free(h);
     /* NIBBLE_NOHISTORY=1: nothing saved */
     setenv("NIBBLE_NOHISTORY", "1", 1);
-    term_start(&t, argv);
-    at = term_wait(&t, 0, "> ", 10000);
+    nbt_term_start(&t, argv);
+    at = nbt_term_wait(&t, 0, "> ", 10000);
     at = term_line(&t, at, "/set seed 7", "(seed = 7)");
-    term_edit(&t, "\x04");
-    assert_int_equal(term_exit(&t), 0);
+    nbt_term_edit(&t, "\x04");
+    assert_int_equal(nbt_term_exit(&t), 0);
     unsetenv("NIBBLE_NOHISTORY");
     h = nbt_read_file(hist, NULL);
     assert_string_equal(h, "/nonsense\n/reset\n/help\n");
@@ -798,7 +661,7 @@ static void test_filter(void **state)
     for (int merged = 0; merged < 2; merged++) {
         if (merged)
             stop_daemon(); /* the second time, the daemon starts inside the filter */
-        term t;
+        nbt_term t;
         struct winsize ws = {30, 100, 0, 0};
         t.len = 0;
         t.buf[0] = 0;
@@ -813,7 +676,7 @@ static void test_filter(void **state)
             execl(bin, "nib", "-o", "temperature=0", "-n", "20", "fix the grammar", (char *)NULL);
             _exit(127);
         }
-        assert_int_equal(term_exit(&t), 0);
+        assert_int_equal(nbt_term_exit(&t), 0);
         char *got = nbt_read_file(outp, NULL);
         assert_non_null(got);
         if (!want)
@@ -866,15 +729,15 @@ static void test_suggest(void **state)
         free(out), free(err);
         setenv("PS1", "READY$ ", 1);
         char *argv[] = {(char *)shells[i][1], (char *)shells[i][2], "-i", NULL};
-        term t;
-        term_start(&t, argv);
-        size_t at = term_wait(&t, 0, "READY$ ", 10000) + 7;
+        nbt_term t;
+        nbt_term_start(&t, argv);
+        size_t at = nbt_term_wait(&t, 0, "READY$ ", 10000) + 7;
         char line[300];
         snprintf(line, sizeof line, ". %s\r", script);
-        term_send(&t, line);
-        at = term_wait(&t, at, "READY$ ", 10000) + 7;
-        term_send(&t, "list the files\x18\x0e");
-        at = term_wait(&t, at, want, 20000);
+        nbt_term_send(&t, line);
+        at = nbt_term_wait(&t, at, "READY$ ", 10000) + 7;
+        nbt_term_send(&t, "list the files\x18\x0e");
+        at = nbt_term_wait(&t, at, want, 20000);
         usleep(300000);
         /* nothing ran: no new prompt, no "command not found" */
         struct pollfd pf = {t.fd, POLLIN, 0};
@@ -887,8 +750,8 @@ static void test_suggest(void **state)
         }
         assert_null(strstr(t.buf + at, "READY$ "));
         assert_null(strstr(t.buf + at, "not found"));
-        term_send(&t, "\x15" "exit\r");
-        assert_int_equal(term_exit(&t), 0);
+        nbt_term_send(&t, "\x15" "exit\r");
+        assert_int_equal(nbt_term_exit(&t), 0);
         unsetenv("PS1");
     }
     stop_daemon();
@@ -1047,12 +910,12 @@ static void test_pull(void **state)
     static char bin[4096];
     snprintf(bin, sizeof bin, "%s", nbt_bin("nib"));
     char *argv[] = {bin, "pull", "tinyllama", NULL};
-    term t;
-    term_start(&t, argv);
-    size_t at = term_wait(&t, 0, "resuming", 20000);
-    term_wait(&t, at, "%", 20000);
-    term_wait(&t, at, "verified", 20000);
-    assert_int_equal(term_exit(&t), 0);
+    nbt_term t;
+    nbt_term_start(&t, argv);
+    size_t at = nbt_term_wait(&t, 0, "resuming", 20000);
+    nbt_term_wait(&t, at, "%", 20000);
+    nbt_term_wait(&t, at, "verified", 20000);
+    assert_int_equal(nbt_term_exit(&t), 0);
     server_stop(&s);
     size_t got_len;
     char *got = nbt_read_file(final, &got_len);

@@ -4,12 +4,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -184,6 +187,12 @@ static void exec_program(char *const argv[])
 
 int nbt_run(char *const argv[], char **out, char **err, int timeout_s)
 {
+    return nbt_run_with(argv, NULL, out, err, timeout_s);
+}
+
+int nbt_run_with(char *const argv[], const nbt_run_opts *o, char **out, char **err,
+                 int timeout_s)
+{
     int po[2], pe[2];
     if (pipe(po) < 0)
         return -1;
@@ -196,9 +205,14 @@ int nbt_run(char *const argv[], char **out, char **err, int timeout_s)
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
+        int in = open(o && o->stdin_path ? o->stdin_path : "/dev/null", O_RDONLY);
+        if (in >= 0)
+            dup2(in, 0);
+        if (o && o->fsize > 0) {
+            struct rlimit rl = {(rlim_t)o->fsize, (rlim_t)o->fsize};
+            setrlimit(RLIMIT_FSIZE, &rl);
+            signal(SIGXFSZ, SIG_IGN);
+        }
         dup2(po[1], 1);
         dup2(pe[1], 2);
         close(po[0]);
@@ -431,4 +445,89 @@ json_t *nbt_finish(nb_client *c, char **text)
         }
         json_decref(e);
     }
+}
+
+/* ------------------------------------------------------------------ pty */
+
+void nbt_term_start(nbt_term *t, char *const argv[])
+{
+    struct winsize ws = {30, 100, 0, 0};
+    t->len = 0;
+    t->buf[0] = 0;
+    t->pid = forkpty(&t->fd, NULL, NULL, &ws);
+    assert_true(t->pid >= 0);
+    if (t->pid == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+}
+
+/* The last part of the screen since `from` (cmocka cuts long messages). */
+static const char *term_tail(const nbt_term *t, size_t from)
+{
+    return t->len - from > 600 ? t->buf + t->len - 600 : t->buf + from;
+}
+
+size_t nbt_term_wait(nbt_term *t, size_t from, const char *want, int timeout_ms)
+{
+    double end = mono_ms() + timeout_ms;
+    for (;;) {
+        char *hit = strstr(t->buf + from, want);
+        if (hit)
+            return (size_t)(hit - t->buf);
+        double left = end - mono_ms();
+        if (left <= 0)
+            fail_msg("waited for '%s'; the terminal ends with:\n%s", want, term_tail(t, from));
+        struct pollfd pf = {t->fd, POLLIN, 0};
+        if (poll(&pf, 1, (int)left) <= 0)
+            continue;
+        ssize_t r = read(t->fd, t->buf + t->len, sizeof t->buf - 1 - t->len);
+        if (r <= 0)
+            fail_msg("the terminal closed waiting for '%s'; it ends with:\n%s", want,
+                     term_tail(t, from));
+        t->len += (size_t)r;
+        t->buf[t->len] = 0;
+    }
+}
+
+void nbt_term_send(nbt_term *t, const char *keys)
+{
+    assert_int_equal(write(t->fd, keys, strlen(keys)), (ssize_t)strlen(keys));
+}
+
+void nbt_term_edit(nbt_term *t, const char *keys)
+{
+    struct termios tio;
+    double end = mono_ms() + 10000;
+    while (tcgetattr(t->fd, &tio) == 0 && (tio.c_lflag & ICANON)) {
+        if (mono_ms() > end)
+            fail_msg("the line editor never took the terminal; it ends with:\n%s",
+                     term_tail(t, 0));
+        usleep(2000);
+    }
+    nbt_term_send(t, keys);
+}
+
+int nbt_term_exit(nbt_term *t)
+{
+    int status;
+    double end = mono_ms() + 10000;
+    while (waitpid(t->pid, &status, WNOHANG) == 0) {
+        if (mono_ms() > end) {
+            kill(t->pid, SIGKILL);
+            fail_msg("the program did not exit; the terminal ends with:\n%s", term_tail(t, 0));
+        }
+        struct pollfd pf = {t->fd, POLLIN, 0};
+        if (poll(&pf, 1, 10) > 0 && t->len < sizeof t->buf - 1) {
+            ssize_t r = read(t->fd, t->buf + t->len, sizeof t->buf - 1 - t->len);
+            if (r > 0) {
+                t->len += (size_t)r;
+                t->buf[t->len] = 0;
+            } else {
+                usleep(10000);
+            }
+        }
+    }
+    close(t->fd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

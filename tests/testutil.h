@@ -47,6 +47,15 @@ char *nbt_write_temp(const void *data, size_t len, const char *suffix);
  * Returns the exit status, 128+signal when killed, -1 when it could not
  * be run.  timeout_s > 0 kills the child after that many seconds. */
 int nbt_run(char *const argv[], char **out, char **err, int timeout_s);
+/* The same, with stdin from a file and/or a file size limit
+ * (RLIMIT_FSIZE, SIGXFSZ ignored so that writes past it fail with EFBIG);
+ * NULL options are nbt_run's. */
+typedef struct nbt_run_opts {
+    const char *stdin_path; /* NULL: /dev/null */
+    long fsize;             /* > 0: the child's file size limit in bytes */
+} nbt_run_opts;
+int nbt_run_with(char *const argv[], const nbt_run_opts *o, char **out, char **err,
+                 int timeout_s);
 
 /* The first executable name on $PATH, its path written into buf; 0 when
  * there is none. */
@@ -82,5 +91,24 @@ typedef struct nbt_daemon {
 void nbt_daemon_start(nbt_daemon *d, const char *model_path, const char *const *extra);
 /* SIGTERM, wait, remove the directory; returns the wait status. */
 int nbt_daemon_stop(nbt_daemon *d);
+
+/* A program on a pseudo-terminal (100x30), its output collected in buf. */
+typedef struct nbt_term {
+    int fd;
+    int pid;
+    char buf[1 << 16];
+    size_t len;
+} nbt_term;
+void nbt_term_start(nbt_term *t, char *const argv[]);
+/* Read until `want` shows up in the output since `from`; returns its
+ * offset.  The test fails (showing the screen's end) on timeout or EOF. */
+size_t nbt_term_wait(nbt_term *t, size_t from, const char *want, int timeout_ms);
+void nbt_term_send(nbt_term *t, const char *keys);
+/* Keys for a line editor: first wait (up to 10 s) until it owns the
+ * terminal (canonical mode off), as keys typed before that are the tty's. */
+void nbt_term_edit(nbt_term *t, const char *keys);
+/* Wait (up to 10 s, then SIGKILL and fail) for the program to exit, reading
+ * its last output; its exit status, -1 when killed by a signal. */
+int nbt_term_exit(nbt_term *t);
 
 #endif
