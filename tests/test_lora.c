@@ -35,8 +35,10 @@ static nb_status open_lora(const nb_model *m, const char *rel, nb_lora **out, ch
     return st;
 }
 
-/* Logits of the last of a few tokens with the given adapter and scale. */
-static float *last_logits(const nb_model *m, nb_lora *a, float scale)
+/* Logits at the last of n tokens with the given adapter (NULL: none) and
+ * scale. */
+static float *logits_after(const nb_model *m, nb_lora *a, float scale, const nb_token *toks,
+                           int n)
 {
     nb_ctx_params cp = nb_ctx_default_params();
     cp.n_ctx = 64;
@@ -46,13 +48,19 @@ static float *last_logits(const nb_model *m, nb_lora *a, float scale)
     assert_int_equal(nb_ctx_new(m, &cp, &c, err, sizeof err), NB_OK);
     if (a)
         assert_int_equal(nb_ctx_set_lora(c, &a, &scale, 1), NB_OK);
-    const nb_token toks[] = {1, 403, 407, 261, 378};
-    assert_int_equal(nb_ctx_decode(c, toks, 5, 0), NB_OK);
-    int n = nb_model_n_vocab(m);
-    float *out = malloc((size_t)n * sizeof *out);
-    memcpy(out, nb_ctx_logits(c, -1), (size_t)n * sizeof *out);
+    assert_int_equal(nb_ctx_decode(c, toks, n, 0), NB_OK);
+    int n_vocab = nb_model_n_vocab(m);
+    float *out = malloc((size_t)n_vocab * sizeof *out);
+    memcpy(out, nb_ctx_logits(c, -1), (size_t)n_vocab * sizeof *out);
     nb_ctx_free(c);
     return out;
+}
+
+/* Logits of the last of a few story tokens with the given adapter and scale. */
+static float *last_logits(const nb_model *m, nb_lora *a, float scale)
+{
+    const nb_token toks[] = {1, 403, 407, 261, 378};
+    return logits_after(m, a, scale, toks, 5);
 }
 
 static void test_open_and_apply(void **state)
@@ -442,26 +450,15 @@ static nb_model *crafted_base(char **path)
     return m;
 }
 
+/* Logits after a few tokens with the adapter file (NULL: none) at scale 2. */
 static float *crafted_logits(const nb_model *m, const char *adapter)
 {
     nb_lora *a = NULL;
     char err[256];
     if (adapter && nb_lora_open(m, adapter, &a, err, sizeof err))
         fail_msg("%s: %s", adapter, err);
-    nb_ctx_params cp = nb_ctx_default_params();
-    cp.n_ctx = 32;
-    cp.n_threads = 1;
-    nb_ctx *c = NULL;
-    assert_int_equal(nb_ctx_new(m, &cp, &c, err, sizeof err), NB_OK);
-    float scale = 2.0f;
-    if (a)
-        assert_int_equal(nb_ctx_set_lora(c, &a, &scale, 1), NB_OK);
     const nb_token toks[] = {1, 70, 80, 90, 100};
-    assert_int_equal(nb_ctx_decode(c, toks, 5, 0), NB_OK);
-    int n = nb_model_n_vocab(m);
-    float *out = malloc((size_t)n * sizeof *out);
-    memcpy(out, nb_ctx_logits(c, -1), (size_t)n * sizeof *out);
-    nb_ctx_free(c);
+    float *out = logits_after(m, a, 2.0f, toks, 5);
     nb_lora_close(a);
     return out;
 }
