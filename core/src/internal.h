@@ -453,6 +453,10 @@ typedef struct nbi_lora_use {
     float scale;
 } nbi_lora_use;
 
+/* The factor of a pair's B.A for a user scale s: llama.cpp's rule,
+ * s * alpha / rank, or s when the adapter's alpha is 0. */
+float nbi_lora_factor(const nb_lora *a, const nbi_lora_pair *p, float s);
+
 /* y (B, W->ne[1]) += scale * B.(A.x) for each adapter's pair adapting W,
  * with kernels k's F32 dot product, rows split across pool (may be NULL);
  * the result does not depend on the thread count.  NB_ERR_NOMEM when the

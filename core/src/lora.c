@@ -175,6 +175,11 @@ void nb_lora_close(nb_lora *a)
 
 int nb_lora_n_pairs(const nb_lora *a) { return a->n_pairs; }
 
+float nbi_lora_factor(const nb_lora *a, const nbi_lora_pair *p, float s)
+{
+    return a->alpha != 0 ? s * a->alpha / (float)p->rank : s;
+}
+
 /* The product in two steps, each split across the threads by output:
  * t = A.x (B rows of rank values), then y += scale * B.t.  Every value is
  * one dot product computed by one thread, so any thread count gives the
@@ -226,10 +231,8 @@ nb_status nbi_lora_apply(const nbi_kernels *k, nbi_pool *pool, const nbi_lora_us
             const nbi_lora_pair *p = &u[i].lora->pairs[jp];
             if (p->w != W)
                 continue;
-            const float alpha = u[i].lora->alpha;
             lora_job j = {.k = k, .p = p, .x = x, .y = y, .B = B, .n_in = W->ne[0],
-                          .n_out = W->ne[1],
-                          .scale = alpha != 0 ? u[i].scale * alpha / (float)p->rank : u[i].scale};
+                          .n_out = W->ne[1], .scale = nbi_lora_factor(u[i].lora, p, u[i].scale)};
             j.t = nbi_malloc_array((size_t)B * (size_t)p->rank, sizeof(float));
             if (!j.t) {
                 st = NB_ERR_NOMEM;

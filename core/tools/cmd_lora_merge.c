@@ -80,8 +80,7 @@ static void merge_rows_task(void *arg, int ith, int nth)
     const nbi_lora_pair *p = j->pair;
     const int64_t n_in = w->ne[0], n_out = w->ne[1];
     const size_t in_row = nbi_row_size(w->type, n_in), out_row = nbi_row_size(j->type, n_in);
-    const float alpha = j->lora->alpha;
-    const float s = alpha != 0 ? j->scale * alpha / (float)p->rank : j->scale;
+    const float s = nbi_lora_factor(j->lora, p, j->scale);
     float *row = j->rows + (size_t)ith * (size_t)n_in;
     int64_t r0, r1;
     nbi_split(n_out, ith, nth, &r0, &r1);
