@@ -113,44 +113,21 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-static nb_client *dial(const char *sock)
-{
-    nb_client_params p = nb_client_default_params();
-    p.socket = sock;
-    p.autostart = 0;
-    nb_client *c = NULL;
-    if (nb_client_connect(&p, &c, NULL, 0))
-        return NULL;
-    return c;
-}
-
 static void send_line(nb_client *c, const char *line)
 {
     assert_int_equal(nb_client_send(c, line, strlen(line)), NB_OK);
 }
 
-static json_t *next_event(nb_client *c, int timeout_ms)
-{
-    char *line;
-    if (nb_client_read(c, &line, NULL, timeout_ms) || !line)
-        return NULL;
-    json_t *e = json_loads(line, JSON_ALLOW_NUL, NULL);
-    if (!e)
-        fail_msg("not JSON: %s", line);
-    free(line);
-    return e;
-}
-
 /* The streamed answer to a request sent on a fresh connection. */
 static char *answer(const char *sock, const char *req)
 {
-    nb_client *c = dial(sock);
+    nb_client *c = nbt_connect(sock);
     assert_non_null(c);
     send_line(c, req);
     size_t len = 0;
     char *t = calloc(1, 1 << 16);
     for (;;) {
-        json_t *e = next_event(c, 30000);
+        json_t *e = nbt_event(c, 30000);
         if (!e)
             fail_msg("no answer to %s", req);
         if (json_is_true(json_object_get(e, "done"))) {
@@ -173,10 +150,10 @@ static char *answer(const char *sock, const char *req)
 
 static json_t *status_of(const char *sock)
 {
-    nb_client *c = dial(sock);
+    nb_client *c = nbt_connect(sock);
     assert_non_null(c);
     send_line(c, "{\"op\":\"status\"}");
-    json_t *st = next_event(c, 10000);
+    json_t *st = nbt_event(c, 10000);
     assert_non_null(st);
     nb_client_close(c);
     return st;
@@ -251,9 +228,9 @@ static void test_kill_client_library(void **state)
     nbt_daemon_start(&d, model_a, extra);
     track(d.pid);
     char *before = answer(d.sock, greedy);
-    nb_client *c = dial(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     send_line(c, endless);
-    json_t *e = next_event(c, 10000);
+    json_t *e = nbt_event(c, 10000);
     assert_non_null(json_object_get(e, "text"));
     json_decref(e);
     kill(d.pid, SIGKILL);
@@ -295,9 +272,9 @@ static void test_kill_client_library(void **state)
     char *after = answer(d.sock, greedy);
     assert_string_equal(after, before);
     free(before), free(after);
-    c = dial(d.sock);
+    c = nbt_connect(d.sock);
     send_line(c, "{\"op\":\"shutdown\"}");
-    json_decref(next_event(c, 5000));
+    json_decref(nbt_event(c, 5000));
     nb_client_close(c);
     for (int i = 0; i < 500 && pid_alive(fresh); i++)
         usleep(10000);
@@ -394,11 +371,11 @@ static void test_kill_nib(void **state)
     /* wait until the daemon nib started is busy answering it */
     int dpid = -1;
     for (int i = 0; i < 1000 && dpid < 0; i++, usleep(10000)) {
-        nb_client *c = dial(sock);
+        nb_client *c = nbt_connect(sock);
         if (!c)
             continue;
         send_line(c, "{\"op\":\"status\"}");
-        json_t *st = next_event(c, 5000);
+        json_t *st = nbt_event(c, 5000);
         nb_client_close(c);
         if (st && busy_slots(st))
             dpid = lock_pid(sock);
@@ -518,11 +495,11 @@ static void test_model_truncated(void **state)
     }
     track(pid);
     nb_client *c = NULL;
-    for (int i = 0; i < 1000 && !(c = dial(sock)); i++)
+    for (int i = 0; i < 1000 && !(c = nbt_connect(sock)); i++)
         usleep(10000);
     assert_non_null(c);
     send_line(c, endless);
-    json_t *e = next_event(c, 10000);
+    json_t *e = nbt_event(c, 10000);
     assert_non_null(json_object_get(e, "text"));
     json_decref(e);
     assert_int_equal(truncate(path, 4096), 0);
@@ -833,7 +810,7 @@ static void test_slow_reader(void **state)
         text[i] = "abcdefghijklmnopqrstuvwxyz ,.0123456789"[(x >> 33) % 39];
     }
     text[tl] = 0;
-    nb_client *slow = dial(d.sock);
+    nb_client *slow = nbt_connect(d.sock);
     int rcv = 4096;
     setsockopt(nb_client_fd(slow), SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
     send_line(slow, endless); /* a generation that would run for a long time */

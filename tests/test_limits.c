@@ -89,29 +89,6 @@ static int cleanup(void **state)
     return 0;
 }
 
-static nb_client *dial(const char *sock)
-{
-    nb_client_params p = nb_client_default_params();
-    p.socket = sock;
-    p.autostart = 0;
-    nb_client *c = NULL;
-    if (nb_client_connect(&p, &c, NULL, 0))
-        return NULL;
-    return c;
-}
-
-static json_t *next_event(nb_client *c, int timeout_ms)
-{
-    char *line;
-    if (nb_client_read(c, &line, NULL, timeout_ms) || !line)
-        return NULL;
-    json_t *e = json_loads(line, JSON_ALLOW_NUL, NULL);
-    if (!e)
-        fail_msg("not JSON: %.200s", line);
-    free(line);
-    return e;
-}
-
 static const char *str(json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -122,7 +99,7 @@ static const char *str(json_t *o, const char *k)
 static void expect_error(nb_client *c, const char *req, const char *code, const char *says)
 {
     assert_int_equal(nb_client_send(c, req, strlen(req)), NB_OK);
-    json_t *e = next_event(c, 10000);
+    json_t *e = nbt_event(c, 10000);
     if (!e)
         fail_msg("no answer to %.200s", req);
     if (!str(e, "error") || strcmp(str(e, "error"), code))
@@ -139,7 +116,7 @@ static json_t *expect_ok(nb_client *c, const char *req)
 {
     assert_int_equal(nb_client_send(c, req, strlen(req)), NB_OK);
     for (;;) {
-        json_t *e = next_event(c, 30000);
+        json_t *e = nbt_event(c, 30000);
         if (!e)
             fail_msg("no answer to %.200s", req);
         if (json_is_true(json_object_get(e, "done")) || json_object_get(e, "tokens") ||
@@ -176,7 +153,7 @@ static void test_frame_size(void **state)
     memset(line + strlen(head), ' ', pad);
     memcpy(line + strlen(head) + pad, tail, strlen(tail) + 1);
     assert_int_equal(strlen(line), MAX_FRAME);
-    nb_client *c = dial(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     json_decref(expect_ok(c, line));
     /* ... and the connection still serves */
     json_decref(expect_ok(c, "{\"op\":\"status\"}"));
@@ -186,14 +163,14 @@ static void test_frame_size(void **state)
     memmove(line + strlen(head) + 1, line + strlen(head), pad + strlen(tail) + 1);
     line[strlen(head)] = ' ';
     assert_int_equal(strlen(line), MAX_FRAME + 1);
-    c = dial(d.sock);
+    c = nbt_connect(d.sock);
     expect_error(c, line, "frame_too_large", "8388608");
     char *rest;
     assert_int_equal(nb_client_read(c, &rest, NULL, 10000), NB_ERR_IO);
     nb_client_close(c);
     free(line);
     /* the daemon serves the next client */
-    c = dial(d.sock);
+    c = nbt_connect(d.sock);
     json_decref(expect_ok(c, "{\"op\":\"status\"}"));
     nb_client_close(c);
     assert_int_equal(daemon_stop(&d), 0);
@@ -207,7 +184,7 @@ static void test_request_fields(void **state)
     const char *extra[] = {"-c", "64", NULL};
     nbt_daemon d;
     daemon_start(&d, extra);
-    nb_client *c = dial(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     char req[16384];
 
     /* id: a string of at most 256 bytes */
@@ -334,7 +311,7 @@ static int count_busy(nb_client *c, const char *says, int quiet_ms)
     int busy = 0;
     double end = now_ms() + 3000;
     for (;;) {
-        json_t *e = now_ms() < end ? next_event(c, quiet_ms) : NULL;
+        json_t *e = now_ms() < end ? nbt_event(c, quiet_ms) : NULL;
         if (!e)
             return busy;
         if (str(e, "error")) {
@@ -353,7 +330,7 @@ static void test_requests_per_connection(void **state)
     const char *extra[] = {"-s", "1", "-c", "65536", NULL};
     nbt_daemon d;
     daemon_start(&d, extra);
-    nb_client *c = dial(d.sock);
+    nb_client *c = nbt_connect(d.sock);
     char req[256];
     for (int i = 0; i <= MAX_JOBS_PER_CONN; i++) {
         snprintf(req, sizeof req, endless, i);
@@ -363,7 +340,7 @@ static void test_requests_per_connection(void **state)
     double end = now_ms() + 20000;
     json_t *e = NULL;
     while (!e && now_ms() < end) {
-        e = next_event(c, 1000);
+        e = nbt_event(c, 1000);
         if (e && !str(e, "error")) {
             json_decref(e);
             e = NULL;
@@ -376,7 +353,7 @@ static void test_requests_per_connection(void **state)
     json_decref(e);
     assert_int_equal(count_busy(c, "at most 64", 500), 0);
     /* another connection is not limited by this one */
-    nb_client *c2 = dial(d.sock);
+    nb_client *c2 = nbt_connect(d.sock);
     json_decref(expect_ok(c2, "{\"op\":\"tokenize\",\"text\":\"hi\"}"));
     nb_client_close(c2);
     nb_client_close(c);
@@ -396,7 +373,7 @@ static void test_queue_depth(void **state)
         nb_client *c[5];
         char req[256];
         for (int k = 0; k < 5; k++) {
-            c[k] = dial(d.sock);
+            c[k] = nbt_connect(d.sock);
             for (int i = 0; i < MAX_JOBS_PER_CONN; i++) {
                 snprintf(req, sizeof req, endless, i);
                 assert_int_equal(nb_client_send(c[k], req, strlen(req)), NB_OK);
@@ -413,13 +390,13 @@ static void test_queue_depth(void **state)
             nb_client_close(c[k]);
         /* the queue empties when they go (the worker drops the cancelled
          * requests within a pass): the next requests are served */
-        nb_client *n = dial(d.sock);
+        nb_client *n = nbt_connect(d.sock);
         const char *small = "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":2}";
         double end = now_ms() + 10000;
         for (int served = 0; served < 3;) {
             assert_int_equal(nb_client_send(n, small, strlen(small)), NB_OK);
             json_t *e;
-            while ((e = next_event(n, 10000)) && !json_is_true(json_object_get(e, "done")))
+            while ((e = nbt_event(n, 10000)) && !json_is_true(json_object_get(e, "done")))
                 json_decref(e);
             assert_non_null(e);
             if (str(e, "error")) {
@@ -443,14 +420,14 @@ static void test_connections(void **state)
     daemon_start(&d, NULL);
     nb_client *c[MAX_CONNS];
     for (int k = 0; k < MAX_CONNS; k++) {
-        c[k] = dial(d.sock);
+        c[k] = nbt_connect(d.sock);
         assert_non_null(c[k]);
         json_decref(expect_ok(c[k], "{\"op\":\"status\"}"));
     }
     /* one more: refused, saying why, and closed */
-    nb_client *x = dial(d.sock);
+    nb_client *x = nbt_connect(d.sock);
     assert_non_null(x); /* the kernel accepted it; the daemon answers */
-    json_t *e = next_event(x, 10000);
+    json_t *e = nbt_event(x, 10000);
     assert_non_null(e);
     assert_string_equal(str(e, "error"), "busy");
     assert_non_null(strstr(str(e, "message"), "too many connections (at most 256)"));
@@ -463,10 +440,10 @@ static void test_connections(void **state)
     nb_client_close(c[MAX_CONNS - 1]);
     double end = now_ms() + 10000;
     for (;;) {
-        x = dial(d.sock);
+        x = nbt_connect(d.sock);
         assert_non_null(x);
         assert_int_equal(nb_client_send(x, "{\"op\":\"status\"}", 15), NB_OK);
-        e = next_event(x, 10000);
+        e = nbt_event(x, 10000);
         assert_non_null(e);
         int refused = str(e, "error") != NULL;
         json_decref(e);
@@ -513,13 +490,13 @@ static void test_out_of_descriptors(void **state)
     nb_client *c[60];
     int served = 0;
     for (int k = 0; k < 60; k++) {
-        c[k] = dial(d.sock);
+        c[k] = nbt_connect(d.sock);
         assert_non_null(c[k]); /* the kernel queues it */
     }
     for (int k = 0; k < 60; k++) {
         if (nb_client_send(c[k], "{\"op\":\"status\"}", 15) != NB_OK)
             continue;
-        json_t *e = next_event(c[k], 5000);
+        json_t *e = nbt_event(c[k], 5000);
         served += e != NULL;
         json_decref(e);
     }
@@ -537,9 +514,9 @@ static void test_out_of_descriptors(void **state)
     /* and once they are gone it serves again */
     double end = now_ms() + 10000;
     for (;;) {
-        nb_client *x = dial(d.sock);
+        nb_client *x = nbt_connect(d.sock);
         assert_non_null(x);
-        json_t *e = nb_client_send(x, "{\"op\":\"status\"}", 15) == NB_OK ? next_event(x, 5000) : NULL;
+        json_t *e = nb_client_send(x, "{\"op\":\"status\"}", 15) == NB_OK ? nbt_event(x, 5000) : NULL;
         nb_client_close(x);
         if (e) {
             json_decref(e);

@@ -256,16 +256,6 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
-static nb_client *connect_to(const char *sock)
-{
-    nb_client_params p = nb_client_default_params();
-    p.socket = sock;
-    p.autostart = 0;
-    nb_client *c = NULL;
-    char err[512];
-    return nb_client_connect(&p, &c, err, sizeof err) ? NULL : c;
-}
-
 static void start(daemon_t *d, const char *model_path)
 {
     snprintf(d->dir, sizeof d->dir, "/tmp/nibd-lua-XXXXXX");
@@ -290,7 +280,7 @@ static void start(daemon_t *d, const char *model_path)
     }
     double deadline = now_ms() + 10000;
     nb_client *c;
-    while (!(c = connect_to(d->sock))) {
+    while (!(c = nbt_connect(d->sock))) {
         int status;
         if (waitpid(d->pid, &status, WNOHANG) == d->pid)
             fail_msg("nibd exited at start-up (status %d)", status);

@@ -95,21 +95,9 @@ static int proc_fds(int pid)
     return n;
 }
 
-static nb_client *dial(const char *sock)
-{
-    nb_client_params p = nb_client_default_params();
-    p.socket = sock;
-    p.autostart = 0;
-    nb_client *c = NULL;
-    char err[512];
-    if (nb_client_connect(&p, &c, err, sizeof err))
-        return NULL;
-    return c;
-}
-
 static json_t *status_of(const char *sock)
 {
-    nb_client *c = dial(sock);
+    nb_client *c = nbt_connect(sock);
     assert_non_null(c);
     const char *r = "{\"op\":\"status\"}";
     assert_int_equal(nb_client_send(c, r, strlen(r)), NB_OK);
@@ -337,7 +325,7 @@ static void one_request(run *r, long i, nb_client **cp)
     unsigned kind = (unsigned)(rnd % 1000), action = (unsigned)((rnd >> 10) % 100);
     uint64_t pick = rnd >> 20;
     char why[1024];
-    if (!*cp && !(*cp = dial(r->sock))) {
+    if (!*cp && !(*cp = nbt_connect(r->sock))) {
         failure(r, i, "cannot connect");
         return;
     }
@@ -563,7 +551,7 @@ static void fill_slots(const char *sock, int n_slots)
         for (int i = 0; i < 199; i++)
             prompt[i] = "abcdefghijklmnopqrstuvwxyz"[(i * 7 + k) % 26];
         prompt[199] = 0;
-        assert_non_null(c[k] = dial(sock));
+        assert_non_null(c[k] = nbt_connect(sock));
         char line[512];
         snprintf(line, sizeof line, "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"%s\","
                                     "\"n_predict\":-1,\"ignore_eos\":true}", k, prompt);
@@ -589,7 +577,7 @@ static void solo_answers(const char *sock)
             tmpl *t = &tmpls[k];
             t->body = bodies[k];
             t->tokenize = strstr(t->body, "\"op\":\"tokenize\"") != NULL;
-            nb_client *c = dial(sock);
+            nb_client *c = nbt_connect(sock);
             assert_non_null(c);
             char *line = with_id(t->body, 1);
             assert_int_equal(nb_client_send(c, line, strlen(line)), NB_OK);

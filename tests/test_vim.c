@@ -65,19 +65,10 @@ static int vim_capable(void)
     return known;
 }
 
-static nb_client *connect_to(const char *sock)
-{
-    nb_client_params p = nb_client_default_params();
-    p.socket = sock;
-    p.autostart = 0;
-    nb_client *c = NULL;
-    return nb_client_connect(&p, &c, NULL, 0) == NB_OK ? c : NULL;
-}
-
 /* One request, one reply event (status, shutdown). */
 static json_t *ask(const char *sock, const char *req)
 {
-    nb_client *c = connect_to(sock);
+    nb_client *c = nbt_connect(sock);
     if (!c)
         return NULL;
     json_t *j = NULL;

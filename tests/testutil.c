@@ -413,9 +413,9 @@ json_t *nbt_event(nb_client *c, int timeout_ms)
     nb_status st = nb_client_read(c, &line, NULL, timeout_ms);
     if (st || !line)
         return NULL;
-    json_t *j = json_loads(line, 0, NULL);
+    json_t *j = json_loads(line, JSON_ALLOW_NUL, NULL); /* answers may hold NUL bytes */
     if (!j)
-        fail_msg("not JSON: %s", line);
+        fail_msg("not JSON: %.200s", line);
     free(line);
     return j;
 }
