@@ -227,3 +227,20 @@ char *nbf_detok_all(const nb_model *m, const nb_token *t, int64_t n, int flags, 
     *len = used;
     return out;
 }
+
+char *nbf_tokenize_detok(const nb_model *m, const char *text, size_t len, int flags,
+                         size_t *out_len)
+{
+    int64_t n = nb_tokenize(m, text, len, NULL, 0, flags);
+    NBF_CHECK(n >= 0, "tokenize failed: %lld", (long long)n);
+    nb_token *t = malloc((size_t)(n ? n : 1) * sizeof *t);
+    NBF_CHECK(t != NULL, "out of memory");
+    NBF_CHECK(nb_tokenize(m, text, len, t, n, flags) == n, "a second count differs");
+    int n_vocab = nb_model_n_vocab(m);
+    for (int64_t i = 0; i < n; i++)
+        NBF_CHECK(t[i] >= 0 && t[i] < n_vocab, "token %d", t[i]);
+    char *out = nbf_detok_all(m, t, n, 0, out_len);
+    NBF_CHECK(nbf_utf8_valid((const uint8_t *)out, *out_len), "detokenized text is not UTF-8");
+    free(t);
+    return out;
+}

@@ -86,4 +86,10 @@ int nbf_utf8_valid(const uint8_t *s, size_t n);
 /* The full text of tokens through nb_detok (malloc'd, NUL-terminated). */
 char *nbf_detok_all(const nb_model *m, const nb_token *t, int64_t n, int flags, size_t *len);
 
+/* Tokenize text with flags and check the result: the count is stable, the
+ * ids are in the vocabulary, their text is UTF-8.  Returns that text
+ * (malloc'd, its length in *out_len) for a round-trip check. */
+char *nbf_tokenize_detok(const nb_model *m, const char *text, size_t len, int flags,
+                         size_t *out_len);
+
 #endif

@@ -41,17 +41,8 @@ NBF_TARGET(spm)
     const char *text = (const char *)data + 1;
     size_t len = size - 1;
     nb_model *m = nbf_spm_model();
-    int64_t n = nb_tokenize(m, text, len, NULL, 0, flags);
-    NBF_CHECK(n >= 0, "tokenize failed: %lld", (long long)n);
-    nb_token *t = malloc((size_t)(n ? n : 1) * sizeof *t);
-    NBF_CHECK(t != NULL, "out of memory");
-    NBF_CHECK(nb_tokenize(m, text, len, t, n, flags) == n, "a second count differs");
-    int n_vocab = nb_model_n_vocab(m);
-    for (int64_t i = 0; i < n; i++)
-        NBF_CHECK(t[i] >= 0 && t[i] < n_vocab, "token %d", t[i]);
     size_t out_len;
-    char *out = nbf_detok_all(m, t, n, 0, &out_len);
-    NBF_CHECK(nbf_utf8_valid((const uint8_t *)out, out_len), "detokenized text is not UTF-8");
+    char *out = nbf_tokenize_detok(m, text, len, flags, &out_len);
     if (!(flags & NB_TOK_PARSE_SPECIAL) && nbf_utf8_valid(data + 1, len) &&
         !has_u2581(data + 1, len)) {
         size_t want = len ? len + 1 : 0;
@@ -59,6 +50,5 @@ NBF_TARGET(spm)
                   "round trip of %zu bytes gave %zu", len, out_len);
     }
     free(out);
-    free(t);
     return 0;
 }
