@@ -215,10 +215,8 @@ int cmd_lora_merge(int argc, char **argv)
             goto done;
         }
     }
-    if (nbi_gw_write(gw, out, fill, &j, err, sizeof err)) {
-        tool_error("%s", err);
+    if (tool_write_gguf(gw, out, fill, &j, 0))
         goto done;
-    }
     fprintf(stderr, "nibble lora-merge: %d weights merged (scale %g) into %s\n",
             nb_lora_n_pairs(lora), (double)j.scale, out);
     rc = EXIT_OK;

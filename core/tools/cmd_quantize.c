@@ -270,14 +270,7 @@ int cmd_quantize(int argc, char **argv)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     q.t0 = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-    nb_status st = nbi_gw_write(w, out_path, fill, &q, err, sizeof err);
-    if (q.is_tty)
-        fputc('\n', stderr);
-    if (st) {
-        tool_error("%s", err);
-        goto done;
-    }
-    rc = EXIT_OK;
+    rc = tool_write_gguf(w, out_path, fill, &q, q.is_tty);
 done:
     nbi_pool_free(q.pool);
     free(q.types);

@@ -249,19 +249,6 @@ static int alloc_tensors(synth *s, int64_t n)
     return 0;
 }
 
-/* Write the file w describes, filling the tensors from s; EXIT_OK or
- * EXIT_ERR after a message. */
-static int write_out(nbi_gw *w, synth *s, const char *out)
-{
-    char err[512];
-    nb_status st = nbi_gw_write(w, out, fill, s, err, sizeof err);
-    if (s->is_tty)
-        fputc('\n', stderr);
-    if (st)
-        return tool_error("%s", err);
-    return EXIT_OK;
-}
-
 static void free_tensors(synth *s)
 {
     free(s->names);
@@ -306,7 +293,7 @@ static int synth_lora(const char *out, const shape *sh, int wtype, int rank, uin
             if (add_tensor(w, &s, name, rank, lt[j].ne1, wtype))
                 goto done;
         }
-    rc = write_out(w, &s, out);
+    rc = tool_write_gguf(w, out, fill, &s, s.is_tty);
 done:
     free_tensors(&s);
     nbi_gw_free(w);
@@ -472,7 +459,7 @@ int cmd_synth(int argc, char **argv)
     if (add_tensor(w, &s, "output_norm.weight", E, 1, NB_TYPE_F32) ||
         add_tensor(w, &s, "output.weight", E, V, wtype))
         goto done;
-    rc = write_out(w, &s, out);
+    rc = tool_write_gguf(w, out, fill, &s, s.is_tty);
 done:
     free_tensors(&s);
     nb_gguf_close(vg);

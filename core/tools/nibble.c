@@ -46,6 +46,16 @@ int tool_error(const char *fmt, ...)
     return EXIT_ERR;
 }
 
+int tool_write_gguf(nbi_gw *w, const char *path, nbi_gw_fill_fn fill, void *ctx,
+                    int progress_line)
+{
+    char err[512];
+    nb_status st = nbi_gw_write(w, path, fill, ctx, err, sizeof err);
+    if (progress_line)
+        fputc('\n', stderr);
+    return st ? tool_error("%s", err) : EXIT_OK;
+}
+
 int tool_usage_error(const char *sub, const char *fmt, ...)
 {
     va_list ap;

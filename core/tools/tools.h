@@ -50,6 +50,14 @@ int tool_lora_arg(tool_lora *l, const char *sub, int is_scale, const char *arg);
 int tool_lora_attach(tool_lora *l, const nb_model *m, nb_ctx *ctx);
 void tool_lora_free(tool_lora *l);
 
+#ifdef NIBBLE_INTERNAL_H
+/* nbi_gw_write with the tools' error reporting: the file at path, filled
+ * by fill, or EXIT_ERR after a message.  progress_line: a progress line is
+ * on stderr and gets its newline first. */
+int tool_write_gguf(nbi_gw *w, const char *path, nbi_gw_fill_fn fill, void *ctx,
+                    int progress_line);
+#endif
+
 /* Open a model with a message on failure (NULL then). */
 nb_model *open_model(const char *path, int vocab_only);
 
