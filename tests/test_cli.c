@@ -34,14 +34,6 @@ static char *model(const char *name)
     return nbt_data_path(rel);
 }
 
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
-
 /* ------------------------------------------------------------------ usage */
 
 static void test_usage(void **state)
@@ -109,7 +101,7 @@ static void test_missing_and_corrupt_files(void **state)
     assert_int_equal(RUN(&out, &err, "run", "-m", "/nonexistent/model.gguf", "-p", "x"), 1);
     assert_string_equal(out, "");
     assert_non_null(strstr(err, "/nonexistent/model.gguf"));
-    assert_int_equal(count_lines(err), 1); /* one line, not a log */
+    assert_int_equal(nbt_count(err, "\n"), 1); /* one line, not a log */
     free(out), free(err);
 
     NBT_REQUIRE_DATA();
@@ -285,7 +277,7 @@ static void test_eval_json(void **state)
     char *m = model("stories260K.gguf");
     char *out, *err;
     assert_int_equal(RUN(&out, &err, "eval", "-m", m, "-p", "Once upon a time", "--json"), 0);
-    assert_int_equal(count_lines(out), 1);
+    assert_int_equal(nbt_count(out, "\n"), 1);
     json_t *j = json_loads(out, 0, NULL);
     assert_non_null(j);
     const char *keys[] = {"model", "prompt", "tokens", "top", "greedy", "text"};

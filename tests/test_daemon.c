@@ -25,13 +25,6 @@
 
 typedef nbt_daemon daemon_t;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static char *model(const char *name)
 {
     char rel[256];
@@ -279,7 +272,7 @@ static void test_cancel(void **state)
     json_t *e = nbt_event(c, 10000);
     assert_non_null(e);
     json_decref(e);
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     nbt_send(c, "{\"op\":\"cancel\",\"id\":6,\"target\":5}");
     int ok_seen = 0;
     json_t *fin = NULL;
@@ -296,7 +289,7 @@ static void test_cancel(void **state)
             json_decref(e);
         }
     }
-    double ms = now_ms() - t0;
+    double ms = nbt_now_ms() - t0;
     assert_string_equal(str(fin, "stop_reason"), "cancelled");
     printf("    cancelled %.1f ms after the request\n", ms);
     assert_true(ms < 100);

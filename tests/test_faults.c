@@ -37,13 +37,6 @@
 static char dir[] = "/tmp/nibble-faults-XXXXXX";
 static char model_a[128], model_b[128]; /* two random models (different seeds) */
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static void synth(const char *out, const char *seed)
 {
     char bin[4096];
@@ -186,14 +179,6 @@ static long rss_kb(int pid)
     return kb;
 }
 
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
-
 static int pid_alive(int pid)
 {
     return pid > 0 && kill(pid, 0) == 0;
@@ -236,14 +221,14 @@ static void test_kill_client_library(void **state)
     kill(d.pid, SIGKILL);
     waitpid(d.pid, NULL, 0);
     reaped(d.pid);
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     char *line = NULL;
     nb_status st;
     /* events already in flight may still arrive; then the end */
     while ((st = nb_client_read(c, &line, NULL, 10000)) == NB_OK && line)
         free(line);
     assert_int_equal(st, NB_ERR_IO);
-    assert_true(now_ms() - t0 < 10000);
+    assert_true(nbt_now_ms() - t0 < 10000);
     assert_int_equal(nb_client_send(c, greedy, strlen(greedy)), NB_ERR_IO);
     nb_client_close(c);
 
@@ -384,15 +369,15 @@ static void test_kill_nib(void **state)
     assert_true(dpid > 0);
     kill(dpid, SIGKILL);
     int status;
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     waitpid(kid, &status, 0);
     reaped(kid);
-    assert_true(now_ms() - t0 < 10000);
+    assert_true(nbt_now_ms() - t0 < 10000);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 1);
     char *e = nbt_read_file(errfile, NULL);
     assert_non_null(e);
-    assert_int_equal(count_lines(e), 1);
+    assert_int_equal(nbt_count(e, "\n"), 1);
     assert_non_null(strstr(e, "nib: the daemon closed the connection mid-answer"));
     assert_non_null(strstr(e, "the next nib starts a new one"));
     free(e);
@@ -446,14 +431,14 @@ static void test_model_renamed_over(void **state)
     assert_string_equal(got, want_a); /* the old mapping, unchanged */
     free(got);
     /* once keep-alive has released the weights, the next load reads the new file */
-    double end = now_ms() + 30000;
+    double end = nbt_now_ms() + 30000;
     for (;;) {
         st = status_of(d.sock);
         int loaded = json_is_true(json_object_get(st, "loaded"));
         json_decref(st);
         if (!loaded)
             break;
-        assert_true(now_ms() < end);
+        assert_true(nbt_now_ms() < end);
         usleep(100000);
     }
     got = answer(d.sock, greedy);
@@ -506,11 +491,11 @@ static void test_model_truncated(void **state)
     /* the stream ends (the daemon is gone) rather than hanging */
     char *line = NULL;
     nb_status st;
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     while ((st = nb_client_read(c, &line, NULL, 20000)) == NB_OK && line)
         free(line);
     assert_int_equal(st, NB_ERR_IO);
-    assert_true(now_ms() - t0 < 20000);
+    assert_true(nbt_now_ms() - t0 < 20000);
     nb_client_close(c);
     int status;
     waitpid(pid, &status, 0);
@@ -528,14 +513,6 @@ static void test_model_truncated(void **state)
 }
 
 /* ------------------------------------------------------------------ full disk */
-
-static int count_of(const char *s, const char *what)
-{
-    int n = 0;
-    for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    return n;
-}
 
 /* The history file on a full disk (/dev/full answers every write with
  * ENOSPC): one warning, and the chat goes on answering. */
@@ -565,8 +542,8 @@ static void test_history_disk_full(void **state)
     int rc = nbt_term_exit(&t);
     reaped(t.pid);
     assert_int_equal(rc, 0);
-    assert_int_equal(count_of(t.buf, "cannot save history"), 1);
-    assert_int_equal(count_of(t.buf, "tokens/s"), 2); /* both answered */
+    assert_int_equal(nbt_count(t.buf, "cannot save history"), 1);
+    assert_int_equal(nbt_count(t.buf, "tokens/s"), 2); /* both answered */
     private_env_end();
 }
 
@@ -651,7 +628,7 @@ static void test_pull_disk_full(void **state)
     char *args[] = {"pull", url, NULL};
     long limit = 100000;
     assert_int_equal(run_nib(args, &out, &err, limit), 1);
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     assert_non_null(strstr(err, "cannot write"));
     assert_non_null(strstr(err, "File too large"));
     assert_non_null(strstr(err, "run the same command again"));
@@ -692,9 +669,9 @@ static int run_to_file(char *const argv[], const char *path)
     }
     track(pid);
     int status = 0;
-    double end = now_ms() + 60000;
+    double end = nbt_now_ms() + 60000;
     while (waitpid(pid, &status, WNOHANG) == 0) {
-        if (now_ms() > end) {
+        if (nbt_now_ms() > end) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
             reaped(pid);
@@ -823,9 +800,9 @@ static void test_slow_reader(void **state)
     double worst = 0;
     int rounds = 0;
     while (!atomic_load(&f.done) || rounds < 5) {
-        double t0 = now_ms();
+        double t0 = nbt_now_ms();
         char *got = answer(d.sock, greedy);
-        double ms = now_ms() - t0;
+        double ms = nbt_now_ms() - t0;
         worst = ms > worst ? ms : worst;
         assert_string_equal(got, want);
         free(got);
@@ -852,9 +829,9 @@ static void test_slow_reader(void **state)
     assert_true(got <= MAX_OUT + (4u << 20));
     nb_client_close(slow);
     /* its generation was cancelled: no busy slot, and counted */
-    double end = now_ms() + 10000;
+    double end = nbt_now_ms() + 10000;
     json_t *s;
-    while (busy_slots(s = status_of(d.sock)) && now_ms() < end) {
+    while (busy_slots(s = status_of(d.sock)) && nbt_now_ms() < end) {
         json_decref(s);
         usleep(20000);
     }

@@ -34,13 +34,6 @@
 static char dir[] = "/tmp/nibble-limits-XXXXXX";
 static char model[128];
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -309,9 +302,9 @@ static const char *endless = "{\"op\":\"complete\",\"id\":%d,\"prompt\":\"Once u
 static int count_busy(nb_client *c, const char *says, int quiet_ms)
 {
     int busy = 0;
-    double end = now_ms() + 3000;
+    double end = nbt_now_ms() + 3000;
     for (;;) {
-        json_t *e = now_ms() < end ? nbt_event(c, quiet_ms) : NULL;
+        json_t *e = nbt_now_ms() < end ? nbt_event(c, quiet_ms) : NULL;
         if (!e)
             return busy;
         if (str(e, "error")) {
@@ -337,9 +330,9 @@ static void test_requests_per_connection(void **state)
         assert_int_equal(nb_client_send(c, req, strlen(req)), NB_OK);
     }
     /* exactly one too many: the last, answered busy at once */
-    double end = now_ms() + 20000;
+    double end = nbt_now_ms() + 20000;
     json_t *e = NULL;
-    while (!e && now_ms() < end) {
+    while (!e && nbt_now_ms() < end) {
         e = nbt_event(c, 1000);
         if (e && !str(e, "error")) {
             json_decref(e);
@@ -392,7 +385,7 @@ static void test_queue_depth(void **state)
          * requests within a pass): the next requests are served */
         nb_client *n = nbt_connect(d.sock);
         const char *small = "{\"op\":\"complete\",\"prompt\":\"a\",\"n_predict\":2}";
-        double end = now_ms() + 10000;
+        double end = nbt_now_ms() + 10000;
         for (int served = 0; served < 3;) {
             assert_int_equal(nb_client_send(n, small, strlen(small)), NB_OK);
             json_t *e;
@@ -401,7 +394,7 @@ static void test_queue_depth(void **state)
             assert_non_null(e);
             if (str(e, "error")) {
                 assert_string_equal(str(e, "error"), "busy");
-                assert_true(now_ms() < end);
+                assert_true(nbt_now_ms() < end);
                 usleep(20000);
             } else {
                 served++;
@@ -438,7 +431,7 @@ static void test_connections(void **state)
     /* the others still work; when one goes, a new one is let in */
     json_decref(expect_ok(c[0], "{\"op\":\"tokenize\",\"text\":\"hi\"}"));
     nb_client_close(c[MAX_CONNS - 1]);
-    double end = now_ms() + 10000;
+    double end = nbt_now_ms() + 10000;
     for (;;) {
         x = nbt_connect(d.sock);
         assert_non_null(x);
@@ -450,7 +443,7 @@ static void test_connections(void **state)
         nb_client_close(x);
         if (!refused)
             break;
-        assert_true(now_ms() < end); /* the daemon notices the close at once */
+        assert_true(nbt_now_ms() < end); /* the daemon notices the close at once */
         usleep(20000);
     }
     for (int k = 0; k < MAX_CONNS - 1; k++)
@@ -512,7 +505,7 @@ static void test_out_of_descriptors(void **state)
     for (int k = 0; k < 60; k++)
         nb_client_close(c[k]);
     /* and once they are gone it serves again */
-    double end = now_ms() + 10000;
+    double end = nbt_now_ms() + 10000;
     for (;;) {
         nb_client *x = nbt_connect(d.sock);
         assert_non_null(x);
@@ -522,7 +515,7 @@ static void test_out_of_descriptors(void **state)
             json_decref(e);
             break;
         }
-        assert_true(now_ms() < end);
+        assert_true(nbt_now_ms() < end);
         usleep(20000);
     }
     assert_int_equal(daemon_stop(&d), 0);

@@ -249,13 +249,6 @@ typedef struct daemon_t {
     char sock[64];
 } daemon_t;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static void start(daemon_t *d, const char *model_path)
 {
     snprintf(d->dir, sizeof d->dir, "/tmp/nibd-lua-XXXXXX");
@@ -278,13 +271,13 @@ static void start(daemon_t *d, const char *model_path)
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
-    double deadline = now_ms() + 10000;
+    double deadline = nbt_now_ms() + 10000;
     nb_client *c;
     while (!(c = nbt_connect(d->sock))) {
         int status;
         if (waitpid(d->pid, &status, WNOHANG) == d->pid)
             fail_msg("nibd exited at start-up (status %d)", status);
-        if (now_ms() > deadline)
+        if (nbt_now_ms() > deadline)
             fail_msg("nibd did not start");
         usleep(10000);
     }
@@ -457,9 +450,9 @@ static void test_lifecycle(void **state)
     char *want = nbt_eval_text(m, "Once upon a time", 20);
     const char *args[] = {"lifecycle.lua", m, "Once upon a time", "20", NULL};
     for (int i = 0; i < n_interps; i++) {
-        double t0 = now_ms();
+        double t0 = nbt_now_ms();
         char *out = run_ok(&interps[i], args, "lifecycle ok");
-        printf("    %s: lifecycle in %.0f ms\n", interps[i].name, now_ms() - t0);
+        printf("    %s: lifecycle in %.0f ms\n", interps[i].name, nbt_now_ms() - t0);
         assert_frame(out, "orphan", 0, want, interps[i].name);
         free(out);
     }
@@ -496,9 +489,9 @@ static void test_client(void **state)
     start(&d, m);
     const char *args[] = {"client.lua", d.sock, pa, pb, "30", NULL};
     for (int i = 0; i < n_interps; i++) {
-        double t0 = now_ms();
+        double t0 = nbt_now_ms();
         char *out = run_ok(&interps[i], args, "client ok");
-        printf("    %s: client in %.0f ms\n", interps[i].name, now_ms() - t0);
+        printf("    %s: client in %.0f ms\n", interps[i].name, nbt_now_ms() - t0);
         assert_frame(out, "tokenize", 0, want_tok, interps[i].name);
         assert_frame(out, "stream", 0, want_a, interps[i].name);
         assert_frame(out, "call", 0, want_b, interps[i].name);

@@ -33,21 +33,6 @@
 static char home[64];
 static pid_t server_pid; /* the test's HTTP server, while one runs */
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
-
 /* A private world: its own runtime, state, data and config directories. */
 static void private_env(void)
 {
@@ -240,7 +225,7 @@ static void test_one_shot_and_pipe(void **state)
     assert_int_equal(run_nib(NULL, 0, &out, &err, args5a), 0);
     long long first_prompt = -1, cached = -1, prompt = -1;
     assert_int_equal(sscanf(err, "nib: %lld prompt tokens", &first_prompt), 1);
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     free(out), free(err);
     char *args5[] = {"-c", "-v", "-o", "temperature=0", "-n", "10", "And then?", NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, args5), 0);
@@ -315,7 +300,7 @@ static void test_templates(void **state)
     char *args[] = {"-o", "temperature=0", "-n", "20", "Hello", NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, args), 0);
     assert_non_null(strstr(err, "chat template"));
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     char *want = daemon_answer("{\"op\":\"chat\",\"template\":\"chatml\",\"messages\":"
                                "[{\"role\":\"user\",\"content\":\"Hello\"}],"
                                "\"temperature\":0,\"n_predict\":20}");
@@ -355,7 +340,7 @@ static void test_errors(void **state)
     char *args[] = {"hello", NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, args), 1);
     assert_non_null(strstr(err, "nib pull"));
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     assert_string_equal(out, "");
     free(out), free(err);
     /* usage */
@@ -366,7 +351,7 @@ static void test_errors(void **state)
     char *none[] = {NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, none), 2);
     assert_non_null(strstr(err, "nothing to ask"));
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     free(out), free(err);
 
     char *m = model("stories260K.gguf");
@@ -375,11 +360,11 @@ static void test_errors(void **state)
     const char bin[] = "ab\0cd";
     assert_int_equal(run_nib(bin, sizeof bin - 1, &out, &err, args), 1);
     assert_non_null(strstr(err, "UTF-8"));
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     free(out), free(err);
     const char inv[] = "caf\xe9 \xff";
     assert_int_equal(run_nib(inv, sizeof inv - 1, &out, &err, args), 1);
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     free(out), free(err);
     /* input larger than the context (512 tokens) */
     size_t big = 20000;
@@ -387,11 +372,11 @@ static void test_errors(void **state)
     for (size_t i = 0; i < big; i++)
         text[i] = "the cat sat on a mat "[i % 21];
     text[big] = 0;
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     assert_int_equal(run_nib(text, big, &out, &err, args), 1);
-    assert_true(now_ms() - t0 < 30000);
+    assert_true(nbt_now_ms() - t0 < 30000);
     assert_non_null(strstr(err, "too long"));
-    assert_int_equal(count_lines(err), 1);
+    assert_int_equal(nbt_count(err, "\n"), 1);
     free(out), free(err), free(text);
     stop_daemon();
 
@@ -439,9 +424,9 @@ static void test_errors(void **state)
     assert_true(dpid > 0);
     kill(dpid, SIGKILL);
     int status;
-    t0 = now_ms();
+    t0 = nbt_now_ms();
     waitpid(kid, &status, 0);
-    assert_true(now_ms() - t0 < 10000);
+    assert_true(nbt_now_ms() - t0 < 10000);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 1);
     char *e = nbt_read_file("/tmp/nib-test-dead.err", NULL);
@@ -540,14 +525,6 @@ static size_t term_line(nbt_term *t, size_t at, const char *line, const char *un
     return nbt_term_wait(t, at, until, 20000) + strlen(until);
 }
 
-static int count_of(const char *s, const char *what)
-{
-    int n = 0;
-    for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    return n;
-}
-
 static void test_repl_chat(void **state)
 {
     (void)state;
@@ -589,8 +566,8 @@ static void test_repl_chat(void **state)
     at = term_line(&t, at, cmd, "(saved to");
     char *text = nbt_read_file(save, NULL);
     assert_non_null(text);
-    assert_int_equal(count_of(text, "## user\n"), 3);
-    assert_int_equal(count_of(text, "## assistant\n"), 3);
+    assert_int_equal(nbt_count(text, "## user\n"), 3);
+    assert_int_equal(nbt_count(text, "## assistant\n"), 3);
     assert_non_null(strstr(text, "## user\n\nline one\nline two\n\n"));
     assert_non_null(strstr(text, "## user\n\nfirst pasted\nsecond pasted\n\n"));
     assert_non_null(strstr(text, "## user\n\ncaf\xc3\xa9 \xe2\x98\x95\n\n"));
@@ -705,7 +682,7 @@ static void test_suggest(void **state)
     char *out, *err;
     char *args[] = {"--cmd", "list the files", NULL};
     assert_int_equal(run_nib(NULL, 0, &out, &err, args), 0);
-    assert_int_equal(count_lines(out), 1); /* one line: the command */
+    assert_int_equal(nbt_count(out, "\n"), 1); /* one line: the command */
     assert_true(strlen(out) > 1);
     assert_null(strstr(out, "```"));
     char want[32];

@@ -36,13 +36,6 @@
 #define FRAME_MAX (8u << 20) /* doc/protocol.md */
 #define TIMEOUT_MS 300000    /* an answer this late means the daemon hung (sanitizers are slow) */
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static long env_long(const char *name, long def, long lo, long hi)
 {
     const char *v = getenv(name);
@@ -198,10 +191,10 @@ static json_t *read_final(nb_client *c, long id, char **text, size_t *text_len, 
     size_t len = 0, cap = 256;
     char *t = malloc(cap);
     t[0] = 0;
-    double deadline = now_ms() + TIMEOUT_MS;
+    double deadline = nbt_now_ms() + TIMEOUT_MS;
     for (;;) {
         char *line;
-        int left = (int)(deadline - now_ms());
+        int left = (int)(deadline - nbt_now_ms());
         nb_status st = nb_client_read(c, &line, NULL, left > 0 ? left : 0);
         if (st || !line) {
             snprintf(why, whylen, "%s waiting for the answer to %ld",
@@ -459,13 +452,13 @@ static void one_request(run *r, long i, nb_client **cp)
     /* a plain request: the same answer as alone */
     const tmpl *t = &tmpls[pick % N_TMPL];
     char *line = with_id(t->body, i);
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     int ok = nb_client_send(c, line, strlen(line)) == NB_OK;
     free(line);
     char *text = NULL;
     size_t text_len = 0;
     json_t *fin = ok ? read_final(c, i, &text, &text_len, NULL, why, sizeof why) : NULL;
-    double ms = now_ms() - t0;
+    double ms = nbt_now_ms() - t0;
     if (!fin) {
         failure(r, i, "%s", ok ? why : "send failed");
         return;
@@ -503,12 +496,12 @@ static double run_load(run *r, const char *sock, uint64_t seed, long n, int clie
     pthread_mutex_init(&r->mu, NULL);
     r->lat = calloc((size_t)n, sizeof *r->lat);
     pthread_t th[256];
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     for (int k = 0; k < clients; k++)
         assert_int_equal(pthread_create(&th[k], NULL, client_thread, r), 0);
     for (int k = 0; k < clients; k++)
         pthread_join(th[k], NULL);
-    double ms = now_ms() - t0;
+    double ms = nbt_now_ms() - t0;
     pthread_mutex_destroy(&r->mu);
     return ms;
 }
@@ -691,9 +684,9 @@ static void test_soak(void **state)
     free(r.lat);
 
     /* the baseline: idle slots, descriptors, memory */
-    double settle = now_ms() + 10000;
+    double settle = nbt_now_ms() + 10000;
     json_t *st;
-    while (busy_slots(st = status_of(d.sock)) && now_ms() < settle) {
+    while (busy_slots(st = status_of(d.sock)) && nbt_now_ms() < settle) {
         json_decref(st);
         usleep(20000);
     }
@@ -726,12 +719,12 @@ static void test_soak(void **state)
     /* the daemon is alive, every slot is free, every connection closed */
     int status;
     assert_int_equal(waitpid(d.pid, &status, WNOHANG), 0);
-    settle = now_ms() + 10000;
+    settle = nbt_now_ms() + 10000;
     int fds1;
     for (;;) {
         st = status_of(d.sock);
         fds1 = proc_fds(d.pid);
-        if ((!busy_slots(st) && fds1 == fds0) || now_ms() > settle)
+        if ((!busy_slots(st) && fds1 == fds0) || nbt_now_ms() > settle)
             break;
         json_decref(st);
         usleep(20000);

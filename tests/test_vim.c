@@ -38,13 +38,6 @@ static struct {
     char *model;
 } T;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static int have_vim(void)
 {
     char path[4096];
@@ -182,7 +175,7 @@ static json_t *run_vim(const char *which, const char *const *env)
         fail_msg("no nibd at %s", nbt_bin("nibd"));
     int in[2];
     assert_int_equal(pipe(in), 0);
-    double t0 = now_ms();
+    double t0 = nbt_now_ms();
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -215,7 +208,7 @@ static json_t *run_vim(const char *which, const char *const *env)
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid)
             break;
-        if (now_ms() - t0 > VIM_TIMEOUT_MS) {
+        if (nbt_now_ms() - t0 > VIM_TIMEOUT_MS) {
             kill(pid, SIGKILL);
             waitpid(pid, &status, 0);
             killed = 1;
@@ -224,7 +217,7 @@ static json_t *run_vim(const char *which, const char *const *env)
         usleep(5000);
     }
     close(in[1]);
-    printf("  vim %s: %.0f ms\n", which, now_ms() - t0);
+    printf("  vim %s: %.0f ms\n", which, nbt_now_ms() - t0);
     char *text = nbt_read_file(out, NULL);
     if (killed || !text) {
         char *l = nbt_read_file(log, NULL);

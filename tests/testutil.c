@@ -262,7 +262,7 @@ int nbt_run_with(char *const argv[], const nbt_run_opts *o, char **out, char **e
     return WEXITSTATUS(status);
 }
 
-static double mono_ms(void)
+double nbt_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -314,12 +314,12 @@ void nbt_daemon_start(nbt_daemon *d, const char *model_path, const char *const *
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
-    double deadline = mono_ms() + 10000;
+    double deadline = nbt_now_ms() + 10000;
     while (!daemon_answers(d->sock)) {
         int status;
         if (waitpid(d->pid, &status, WNOHANG) == d->pid)
             fail_msg("nibd exited at start-up (status %d)", status);
-        if (mono_ms() > deadline)
+        if (nbt_now_ms() > deadline)
             fail_msg("nibd did not start");
         usleep(10000);
     }
@@ -470,12 +470,12 @@ static const char *term_tail(const nbt_term *t, size_t from)
 
 size_t nbt_term_wait(nbt_term *t, size_t from, const char *want, int timeout_ms)
 {
-    double end = mono_ms() + timeout_ms;
+    double end = nbt_now_ms() + timeout_ms;
     for (;;) {
         char *hit = strstr(t->buf + from, want);
         if (hit)
             return (size_t)(hit - t->buf);
-        double left = end - mono_ms();
+        double left = end - nbt_now_ms();
         if (left <= 0)
             fail_msg("waited for '%s'; the terminal ends with:\n%s", want, term_tail(t, from));
         struct pollfd pf = {t->fd, POLLIN, 0};
@@ -498,9 +498,9 @@ void nbt_term_send(nbt_term *t, const char *keys)
 void nbt_term_edit(nbt_term *t, const char *keys)
 {
     struct termios tio;
-    double end = mono_ms() + 10000;
+    double end = nbt_now_ms() + 10000;
     while (tcgetattr(t->fd, &tio) == 0 && (tio.c_lflag & ICANON)) {
-        if (mono_ms() > end)
+        if (nbt_now_ms() > end)
             fail_msg("the line editor never took the terminal; it ends with:\n%s",
                      term_tail(t, 0));
         usleep(2000);
@@ -511,9 +511,9 @@ void nbt_term_edit(nbt_term *t, const char *keys)
 int nbt_term_exit(nbt_term *t)
 {
     int status;
-    double end = mono_ms() + 10000;
+    double end = nbt_now_ms() + 10000;
     while (waitpid(t->pid, &status, WNOHANG) == 0) {
-        if (mono_ms() > end) {
+        if (nbt_now_ms() > end) {
             kill(t->pid, SIGKILL);
             fail_msg("the program did not exit; the terminal ends with:\n%s", term_tail(t, 0));
         }
@@ -530,4 +530,12 @@ int nbt_term_exit(nbt_term *t)
     }
     close(t->fd);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int nbt_count(const char *s, const char *what)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
 }

@@ -37,6 +37,11 @@ void nbt_note_no_data(void);
 /* Path of a built program (NIBBLE_BIN/name).  Static storage. */
 const char *nbt_bin(const char *name);
 
+/* Milliseconds of the monotonic clock. */
+double nbt_now_ms(void);
+/* How often `what` (not empty) occurs in s, without overlaps. */
+int nbt_count(const char *s, const char *what);
+
 /* Read a whole file; returns malloc'd bytes (NUL-terminated) or NULL. */
 char *nbt_read_file(const char *path, size_t *len);
 /* Write bytes to a fresh temporary file; returns its malloc'd path. */
