@@ -240,6 +240,22 @@ static void expect_same_floats(const float *got, const float *want, size_t n, co
     fail();
 }
 
+/* The same, except that any NaN matches any NaN: where two NaNs meet in
+ * a fused multiply-add, which one x86 passes on depends on the operand
+ * order the compiler encodes, so a NaN's sign and payload are not part
+ * of what attention promises. */
+static void expect_same_floats_or_nan(const float *got, const float *want, size_t n,
+                                      const char *what, const char *type, int len)
+{
+    n_checked++;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof *got) != 0 && !(isnan(got[i]) && isnan(want[i]))) {
+            print_error("%s %s n=%d: element %zu is %a, reference %a\n", what, type, len, i,
+                        (double)got[i], (double)want[i]);
+            fail();
+        }
+}
+
 static void expect_same_bytes(const void *got, const void *want, size_t n, const char *what,
                               const char *type, int len)
 {
@@ -312,6 +328,7 @@ static void print_accelerated(void)
     }
     ENTRY(K->mad_f16 != R->mad_f16, "%s", "mad_f16");
     ENTRY(K->scale_f16 != R->scale_f16, "%s", "scale_f16");
+    ENTRY(K->attn_f16 != R->attn_f16, "%s", "attn_f16");
     ENTRY(K->swiglu != R->swiglu, "%s", "swiglu");
     ENTRY(K->rope != R->rope, "%s", "rope");
 #undef ENTRY
@@ -897,6 +914,60 @@ static void test_f16_ops(void **state)
         }
 }
 
+/* Attention over an F16 cache: random queries, keys and values, then
+ * edge cases: scores that rise at every row (a new maximum each time, so
+ * every step rescales), scores large enough to overflow the F16
+ * accumulator, and NaN or infinite keys now and then.  Head dimensions
+ * the x86 kernel specializes and others; groups of queries of every size
+ * up to and past the register groups; blocks of rows and their tails. */
+static void test_attn(void **state)
+{
+    (void)state;
+    if (K->attn_f16 == R->attn_f16) {
+        printf("    attn_f16 is the reference's\n");
+        return;
+    }
+    enum { MAXHD = 160, MAXQ = 9, MAXN = 70, STRIDE = 2 * MAXHD + 8 };
+    static nb_fp16 q16[MAXQ * MAXHD], Kc[MAXN * STRIDE], Vc[MAXN * STRIDE], acc[MAXQ * MAXHD];
+    static float o1[MAXQ * MAXHD], o2[MAXQ * MAXHD];
+    static const int hds[] = {8, 32, 64, 80, 96, 128, 160};
+    static const int ns[] = {1, 2, 15, 16, 17, 33, 70};
+    int cases = 0;
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+        for (int nq = 1; nq <= MAXQ; nq++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+                for (int rep = 0; rep < 4; rep++) {
+                    const int hd = hds[hi], n = ns[ni];
+                    const float range = rep == 2 ? 60.0f : 2.0f;
+                    /* rows STRIDE apart, the head at an offset inside them */
+                    const int off = rnd_int(STRIDE - hd + 1);
+                    for (int i = 0; i < nq * hd; i++)
+                        q16[i] = nbi_fp32_to_fp16(rnd_float(-range, range));
+                    for (int j = 0; j < n; j++)
+                        for (int i = 0; i < STRIDE; i++) {
+                            float kv = rnd_float(-range, range);
+                            if (rep == 1 && i >= off && i < off + hd)
+                                /* the first query's scores rise: k = (j + 1) q / 20 */
+                                kv = (float)(j + 1) * 0.05f * nbi_fp16_to_fp32(q16[i - off]);
+                            Kc[j * STRIDE + i] = nbi_fp32_to_fp16(kv);
+                            Vc[j * STRIDE + i] = nbi_fp32_to_fp16(rnd_float(-range, range));
+                            if (rep == 3 && rnd_int(97) == 0)
+                                Kc[j * STRIDE + i] = rnd_int(2) ? 0x7c00 : 0x7e00;
+                            if (rep == 3 && rnd_int(97) == 0)
+                                Vc[j * STRIDE + i] = 0x7bff; /* 65504 */
+                        }
+                    const float scale = 1.0f / sqrtf((float)hd);
+                    memset(o1, 0, sizeof o1);
+                    memset(o2, 0, sizeof o2);
+                    K->attn_f16(hd, nq, n, scale, q16, Kc + off, Vc + off, STRIDE, o1, acc);
+                    R->attn_f16(hd, nq, n, scale, q16, Kc + off, Vc + off, STRIDE, o2, acc);
+                    expect_same_floats_or_nan(o1, o2, (size_t)(nq * hd), "attn_f16", "F16", n);
+                    cases++;
+                }
+    printf("    attn_f16: %d cases (head sizes 8 to 160, 1 to %d queries, 1 to %d rows)\n", cases,
+           MAXQ, MAXN);
+}
+
 static void test_swiglu(void **state)
 {
     (void)state;
@@ -976,6 +1047,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_from_float),
         cmocka_unit_test(test_from_float_degenerate),
         cmocka_unit_test(test_f16_ops),
+        cmocka_unit_test(test_attn),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_summary),
@@ -990,6 +1062,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_from_float),
         cmocka_unit_test(test_from_float_degenerate),
         cmocka_unit_test(test_f16_ops),
+        cmocka_unit_test(test_attn),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_summary),

@@ -45,6 +45,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "attn.h"
 #include "simd_x86.h"
 
 /* ------------------------------------------------------------------ */
@@ -510,6 +511,16 @@ static void scale_f16(int n, nb_fp16 *restrict y, float v)
         y[i] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(y[i]) * v);
 }
 
+/* Attention for head dimensions attn_avx2.c does not specialize: the
+ * shared loop over this file's F16 dot product and accumulator steps. */
+void nbi_avx2_attn_f16_generic(int hd, int nq, int n, float scale, const nb_fp16 *q16,
+                               const nb_fp16 *K, const nb_fp16 *V, size_t kv_stride, float *out,
+                               nb_fp16 *acc)
+{
+    nbi_attn_generic(f16_vec_dot, scale_f16, mad_f16, hd, nq, n, scale, q16, K, V, kv_stride,
+                     out, acc);
+}
+
 /* nbi_expf_approx (vec_ref.c) on eight values: the same operations in the
  * same order, the out-of-range branch as a blend. */
 static inline __m256 expf8(__m256 x)
@@ -621,5 +632,6 @@ void nbi_avx2_add_basic(nbi_kernels *k)
 
     k->mad_f16 = mad_f16;
     k->scale_f16 = scale_f16;
+    nbi_avx2_add_attn(k, avx512);
     k->swiglu = swiglu;
 }

@@ -145,6 +145,7 @@ static const nbi_kernels ref_table = {
     .from_float[NB_TYPE_IQ4_NL] = nbi_iq4_nl_from_float_ref,
     .mad_f16 = nbi_mad_f16_ref,
     .scale_f16 = nbi_scale_f16_ref,
+    .attn_f16 = nbi_attn_f16_ref,
     .swiglu = nbi_swiglu_ref,
     .rope = nbi_rope_ref,
 };

@@ -18,6 +18,7 @@
  */
 #include <math.h>
 
+#include "attn.h"
 #include "neon.h"
 
 /* ------------------------------------------------------------------ */
@@ -241,6 +242,15 @@ static void scale_f16(int n, nb_fp16 *restrict y, float v)
     nbi_scale_f16_ref(n - i, y + i, v);
 }
 
+/* The shared attention loop over this file's dot product and F16
+ * accumulator operations. */
+static void attn_f16(int hd, int nq, int n, float scale, const nb_fp16 *q16, const nb_fp16 *K,
+                     const nb_fp16 *V, size_t kv_stride, float *out, nb_fp16 *acc)
+{
+    nbi_attn_generic(f16_vec_dot, scale_f16, mad_f16, hd, nq, n, scale, q16, K, V, kv_stride,
+                     out, acc);
+}
+
 /* ------------------------------------------------------------------ */
 /* SwiGLU                                                              */
 
@@ -323,6 +333,7 @@ void nbi_neon_add_float(nbi_kernels *k)
     k->from_float[NB_TYPE_BF16] = bf16_from_float;
     k->mad_f16 = mad_f16;
     k->scale_f16 = scale_f16;
+    k->attn_f16 = attn_f16;
     k->swiglu = swiglu;
     k->rope = rope;
 }

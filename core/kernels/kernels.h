@@ -296,6 +296,14 @@ typedef void (*nbi_vec_dot_tile_fn)(int n, int n_rows, int n_cols, float *restri
  * accumulator of attention (ggml_vec_mad_f16 / ggml_vec_scale_f16). */
 typedef void (*nbi_mad_f16_fn)(int n, nb_fp16 *restrict y, const nb_fp16 *restrict x, float v);
 typedef void (*nbi_scale_f16_fn)(int n, nb_fp16 *restrict y, float v);
+/* Attention of nq queries that share one key/value head over n cache rows
+ * (attn.h says exactly what is computed): q16 holds the queries in F16,
+ * hd apart; row j of keys and values starts at K + j * kv_stride and
+ * V + j * kv_stride; out receives nq rows of hd floats, hd apart; acc is
+ * scratch for nq * hd F16 values. */
+typedef void (*nbi_attn_f16_fn)(int hd, int nq, int n, float scale, const nb_fp16 *q16,
+                                const nb_fp16 *K, const nb_fp16 *V, size_t kv_stride,
+                                float *out, nb_fp16 *acc);
 /* g[i] = silu(g[i]) * u[i]: groups of 8 with the polynomial exp of
  * nbi_expf_approx, a tail with the C library's expf (ggml's AVX2 SwiGLU). */
 typedef void (*nbi_swiglu_fn)(int n, float *restrict g, const float *restrict u);
@@ -313,6 +321,7 @@ typedef struct nbi_kernels {
     nbi_vec_dot_tile_fn vec_dot_tile[NB_TYPE_COUNT]; /* NULL: vec_dot per pair */
     nbi_mad_f16_fn mad_f16;
     nbi_scale_f16_fn scale_f16;
+    nbi_attn_f16_fn attn_f16;
     nbi_swiglu_fn swiglu;
     nbi_rope_fn rope;
 } nbi_kernels;
@@ -370,6 +379,8 @@ NBI_DECLARE_REF(iq4_nl)
 void nbi_swiglu_ref(int n, float *restrict g, const float *restrict u);
 void nbi_mad_f16_ref(int n, nb_fp16 *restrict y, const nb_fp16 *restrict x, float v);
 void nbi_scale_f16_ref(int n, nb_fp16 *restrict y, float v);
+void nbi_attn_f16_ref(int hd, int nq, int n, float scale, const nb_fp16 *q16, const nb_fp16 *K,
+                      const nb_fp16 *V, size_t kv_stride, float *out, nb_fp16 *acc);
 void nbi_rope_ref(int n_heads, int head_dim, int n_rot, float *restrict x, const float *restrict cs);
 
 #endif /* NIBBLE_KERNELS_H */

@@ -137,6 +137,12 @@ void nbi_avx2_iq4_nl_tile(int n, int n_rows, int n_cols, float *restrict s, size
  * and AVX-512 VNNI (16 rows per 512-bit register, for three or more
  * activation rows; fewer go to the 8-row AVX2 kernels); call them only
  * when the matching check says the CPU (and OS) support them. */
+/* Attention (attn_avx2.c): installs the 512-bit kernel when avx512 is
+ * set, else the 256-bit one; both fall back to the generic loop. */
+void nbi_avx2_add_attn(nbi_kernels *k, int avx512);
+void nbi_avx2_attn_f16_generic(int hd, int nq, int n, float scale, const nb_fp16 *q16,
+                               const nb_fp16 *K, const nb_fp16 *V, size_t kv_stride, float *out,
+                               nb_fp16 *acc);
 int nbi_avx2_vnni_ok(void);
 int nbi_avx2_avx512_ok(void);
 void nbi_avxvnni_q4_0_tile(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,

@@ -10,6 +10,7 @@
  */
 #include <math.h>
 
+#include "attn.h"
 #include "kernels.h"
 
 static inline float bits_f(uint32_t u)
@@ -71,6 +72,13 @@ void nbi_scale_f16_ref(int n, nb_fp16 *restrict y, float v)
 {
     for (int i = 0; i < n; i++)
         y[i] = nbi_fp32_to_fp16(nbi_fp16_to_fp32(y[i]) * v);
+}
+
+void nbi_attn_f16_ref(int hd, int nq, int n, float scale, const nb_fp16 *q16, const nb_fp16 *K,
+                      const nb_fp16 *V, size_t kv_stride, float *out, nb_fp16 *acc)
+{
+    nbi_attn_generic(nbi_f16_vec_dot_ref, nbi_scale_f16_ref, nbi_mad_f16_ref, hd, nq, n, scale,
+                     q16, K, V, kv_stride, out, acc);
 }
 
 void nbi_rope_ref(int n_heads, int head_dim, int n_rot, float *restrict x, const float *restrict cs)

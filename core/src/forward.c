@@ -49,8 +49,8 @@ struct nb_ctx {
     float *kcur, *vcur; /* (B, kv_dim) the batch's keys and values */
     float *att;        /* (B, q_dim) attention output */
     float *h1, *h2;    /* (B, n_ff) */
-    nb_fp16 *q16;      /* (n_threads, head_dim) */
-    nb_fp16 *acc16;    /* (n_threads, head_dim) attention accumulators */
+    nb_fp16 *q16;      /* (n_threads, n_head * head_dim) queries in F16 */
+    nb_fp16 *acc16;    /* (n_threads, n_head * head_dim) attention accumulators */
     float *rope_cs;    /* (B, n_rot) cos/sin pairs of the batch's positions */
     void *qact;        /* quantized activations: B rows */
     size_t qact_row;   /* bytes per row in qact */
@@ -149,8 +149,8 @@ nb_status nb_ctx_new(const nb_model *m, const nb_ctx_params *params, nb_ctx **ou
     c->att = alloc_floats(B * Q);
     c->h1 = alloc_floats(B * F);
     c->h2 = alloc_floats(B * F);
-    c->q16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
-    c->acc16 = nbi_malloc_array((size_t)c->n_threads * (size_t)hp->head_dim, sizeof(nb_fp16));
+    c->q16 = nbi_malloc_array((size_t)c->n_threads * Q, sizeof(nb_fp16));
+    c->acc16 = nbi_malloc_array((size_t)c->n_threads * Q, sizeof(nb_fp16));
     c->rope_cs = alloc_floats(B * (size_t)hp->n_rot);
     c->row_buf = nbi_malloc_array(B, sizeof(fwd_row));
     c->lora_rows = nbi_malloc_array(B, sizeof(nb_ctx *));
@@ -450,46 +450,26 @@ static void add_bias(float *y, const float *b, int n)
         y[i] += b[i];
 }
 
-/* Attention of one query token at position pos over cache rows 0..pos
- * (the last n_swa of them under a sliding window).
- *
- * One pass with a running maximum (online softmax), accumulating the
- * weighted values in F16, which is what llama.cpp's default (flash
- * attention) CPU path computes.  Matching its rounding here is what lets
- * greedy continuations agree token for token. */
-static void attend_head(const nb_ctx *c, const nb_ctx *rc, int layer, const float *q, int pos,
-                        int h, float *o, nb_fp16 *q16, nb_fp16 *acc)
+/* Attention of the query heads of one token that share key/value head g
+ * (heads g * G .. g * G + G - 1) over that token's cache rows 0..pos (the
+ * last n_swa of them under a sliding window): the kernel table's
+ * attn_f16, which computes what llama.cpp's default (flash attention) CPU
+ * path computes, rounding for rounding. */
+static void attend_group(const nb_ctx *c, const nb_ctx *rc, int layer, const float *q, int pos,
+                         int g, float *o, nb_fp16 *q16, nb_fp16 *acc)
 {
     const nbi_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kv_dim = hp->n_head_kv * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const nb_fp16 *K = rc->kcache + (size_t)layer * rc->n_ctx * kv_dim;
-    const nb_fp16 *V = rc->vcache + (size_t)layer * rc->n_ctx * kv_dim;
-    const nbi_vec_dot_fn dot16 = c->k->vec_dot[NB_TYPE_F16];
-    const size_t koff = (size_t)(h / (hp->n_head / hp->n_head_kv)) * hd;
-
-    c->k->from_float[NB_TYPE_F16](q + (size_t)h * hd, q16, hd);
-    memset(acc, 0, (size_t)hd * sizeof *acc);
-    float S = 0.0f, M = -INFINITY;
+    const int G = hp->n_head / hp->n_head_kv;
+    const size_t koff = (size_t)g * hd;
+    const nb_fp16 *K = rc->kcache + (size_t)layer * rc->n_ctx * kv_dim + koff;
+    const nb_fp16 *V = rc->vcache + (size_t)layer * rc->n_ctx * kv_dim + koff;
     const int first = hp->n_swa && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
-    for (int j = first; j <= pos; j++) {
-        float s;
-        dot16(hd, &s, K + (size_t)j * kv_dim + koff, q16);
-        s *= scale;
-        float ms = 1.0f, vs = 1.0f;
-        if (s > M) { /* new maximum: rescale what has been summed */
-            ms = expf(M - s);
-            M = s;
-            c->k->scale_f16(hd, acc, ms);
-        } else {
-            vs = expf(s - M);
-        }
-        c->k->mad_f16(hd, acc, V + (size_t)j * kv_dim + koff, vs);
-        S = S * ms + vs;
-    }
-    const float inv = 1.0f / S;
-    for (int d = 0; d < hd; d++)
-        o[d] = nbi_fp16_to_fp32(acc[d]) * inv;
+
+    c->k->from_float[NB_TYPE_F16](q + (size_t)g * G * hd, q16, (int64_t)G * hd);
+    c->k->attn_f16(hd, G, pos - first + 1, 1.0f / sqrtf((float)hd), q16,
+                   K + (size_t)first * kv_dim, V + (size_t)first * kv_dim, (size_t)kv_dim,
+                   o + (size_t)g * G * hd, acc);
 }
 
 typedef struct attend_job {
@@ -497,20 +477,20 @@ typedef struct attend_job {
     int layer, B;
 } attend_job;
 
-/* Every (token, head) pair is independent.  A later token attends to
- * more of the cache, so the pairs are claimed in chunks rather than split
- * evenly: a thread whose share was cheap helps with the rest. */
+/* Every (token, key/value head) pair is independent.  A later token
+ * attends to more of the cache, so the pairs are claimed in chunks rather
+ * than split evenly: a thread whose share was cheap helps with the rest. */
 static void attend_task(void *arg, int64_t lo, int64_t hi, int ith)
 {
     const attend_job *j = arg;
     nb_ctx *c = j->c;
     const nbi_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, Qd = hp->n_head * hd;
+    const int Qd = hp->n_head * hp->head_dim;
     for (int64_t i = lo; i < hi; i++) {
-        const int t = (int)(i / hp->n_head), h = (int)(i % hp->n_head);
-        attend_head(c, c->rows[t].ctx, j->layer, c->q + (size_t)t * Qd, c->rows[t].pos, h,
-                    c->att + (size_t)t * Qd + (size_t)h * hd, c->q16 + (size_t)ith * hd,
-                    c->acc16 + (size_t)ith * hd);
+        const int t = (int)(i / hp->n_head_kv), g = (int)(i % hp->n_head_kv);
+        attend_group(c, c->rows[t].ctx, j->layer, c->q + (size_t)t * Qd, c->rows[t].pos, g,
+                     c->att + (size_t)t * Qd, c->q16 + (size_t)ith * Qd,
+                     c->acc16 + (size_t)ith * Qd);
     }
 }
 
@@ -586,7 +566,7 @@ static nb_status forward_rows_run(nb_ctx *ws, const fwd_row *rows, int B)
         }
 
         attend_job aj = {c, l, B};
-        nbi_pool_run_chunked(c->pool, (int64_t)B * hp->n_head, 1, attend_task, &aj);
+        nbi_pool_run_chunked(c->pool, (int64_t)B * hp->n_head_kv, 1, attend_task, &aj);
         matmul(c, L->wo, c->att, B, c->xn);
         if (L->bo)
             for (int t = 0; t < B; t++)
