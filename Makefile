@@ -85,7 +85,7 @@ endif
 ARCH := $(shell $(CC) -dumpmachine 2>/dev/null)
 
 # ------------------------------------------------------------------ sources
-LIB_SRC := $(sort $(wildcard core/src/*.c) $(wildcard core/kernels/*_ref.c) core/kernels/dispatch.c core/kernels/quantize.c)
+LIB_SRC := $(sort $(wildcard core/src/*.c) $(wildcard core/kernels/*_ref.c) core/kernels/dispatch.c core/kernels/quantize.c core/kernels/pack.c)
 ifneq ($(filter x86_64%,$(ARCH)),)
 LIB_SRC += $(sort $(wildcard core/kernels/*_avx2.c))
 endif

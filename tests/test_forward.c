@@ -643,6 +643,64 @@ static void test_thread_invariance(void **state)
     }
 }
 
+/* Packed weights (nb_model_params.repack) change where the bytes are,
+ * never a result: every logit of a prompt (batched) and of a token after
+ * it is the same bits as with the rows as stored, at 1 and 2 threads. */
+static void test_packed_weights(void **state)
+{
+    (void)state;
+    NBT_REQUIRE_DATA();
+    const char *models[] = {"models/stories260K-wide-q4_0.gguf", "models/stories260K-wide-iq4_nl.gguf",
+                            "models/stories260K-wide-q4_0-mix.gguf"};
+    for (int mi = 0; mi < 3; mi++) {
+        char *path = nbt_data_path(models[mi]);
+        nb_model *m[2];
+        nb_model_info info[2];
+        for (int pk = 0; pk < 2; pk++) {
+            nb_model_params mp = nb_model_default_params();
+            mp.repack = pk;
+            char err[256];
+            if (nb_model_open(path, &mp, &m[pk], err, sizeof err))
+                fail_msg("%s: %s", path, err);
+            nb_model_get_info(m[pk], &info[pk]);
+        }
+        assert_int_equal(info[0].packed_bytes, 0);
+        const int simd_packs = nbi_kernels_get()->vec_dot_tile_packed[NB_TYPE_Q4_0] != NULL;
+        if (simd_packs)
+            assert_true(info[1].packed_bytes > 0);
+        int n;
+        nb_token *toks = tokens_of(m[0], prompts[1], &n);
+        const int V = nb_model_n_vocab(m[0]);
+        for (int th = 1; th <= 2; th++) {
+            nb_ctx *c[2];
+            for (int pk = 0; pk < 2; pk++) {
+                nb_ctx_params cp = nb_ctx_default_params();
+                cp.n_ctx = 256;
+                cp.n_threads = th;
+                assert_int_equal(nb_ctx_new(m[pk], &cp, &c[pk], NULL, 0), NB_OK);
+                assert_int_equal(nb_ctx_decode(c[pk], toks, n, 1), NB_OK);
+            }
+            for (int t = 0; t < n; t++)
+                assert_memory_equal(nb_ctx_logits(c[1], t), nb_ctx_logits(c[0], t), (size_t)V * 4);
+            for (int step = 0; step < 3; step++) {
+                nb_token next = (nb_token)(11 + step);
+                for (int pk = 0; pk < 2; pk++)
+                    assert_int_equal(nb_ctx_decode(c[pk], &next, 1, 0), NB_OK);
+                assert_memory_equal(nb_ctx_logits(c[1], -1), nb_ctx_logits(c[0], -1), (size_t)V * 4);
+            }
+            nb_ctx_free(c[0]);
+            nb_ctx_free(c[1]);
+        }
+        printf("    %-36s %.2f MiB packed (of %.2f MiB), logits identical at 1 and 2 threads\n",
+               models[mi] + 7, (double)info[1].packed_bytes / 1048576.0,
+               (double)info[1].weight_bytes / 1048576.0);
+        free(toks);
+        nb_model_close(m[0]);
+        nb_model_close(m[1]);
+        free(path);
+    }
+}
+
 /* Several contexts in one pass (a server's continuous batching) get
  * exactly the logits each gets alone, whatever the split into passes. */
 static void test_multi_context(void **state)
@@ -831,7 +889,7 @@ int main(void)
         {"synthetic rope_freqs and linear", 0.05, 0.005, synth_rope_freqs_linear},
     };
     enum { NC = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NC + 5];
+    struct CMUnitTest tests[NC + 6];
     for (int i = 0; i < NC; i++) {
         tests[i] = (struct CMUnitTest)cmocka_unit_test(test_oracle);
         tests[i].name = cases[i].build ? cases[i].model : cases[i].model + 7;
@@ -842,5 +900,6 @@ int main(void)
     tests[NC + 2] = (struct CMUnitTest)cmocka_unit_test(test_thread_invariance);
     tests[NC + 3] = (struct CMUnitTest)cmocka_unit_test(test_multi_context);
     tests[NC + 4] = (struct CMUnitTest)cmocka_unit_test(test_abort);
-    return _cmocka_run_group_tests("forward", tests, NC + 5, NULL, NULL);
+    tests[NC + 5] = (struct CMUnitTest)cmocka_unit_test(test_packed_weights);
+    return _cmocka_run_group_tests("forward", tests, NC + 6, NULL, NULL);
 }

@@ -469,7 +469,11 @@ static void test_vec_dot(void **state)
 }
 
 /* One tile call against per-pair reference dot products. */
-static void check_tile(int t, int n, int n_rows, int n_cols, int wpad, int apad, int spad)
+/* A tile against the reference dot product of every pair.  packed: the
+ * rows are packed in groups of eight (nbi_pack_rows, so w_stride is the
+ * row size) and the packed tile is the one tested. */
+static void check_tile_as(int t, int n, int n_rows, int n_cols, int wpad, int apad, int spad,
+                          int packed)
 {
     const int vt = nbi_types[t].vec_dot_type;
     const size_t xs = nbi_row_size(t, n), ys = nbi_row_size(vt, n);
@@ -501,9 +505,21 @@ static void check_tile(int t, int n, int n_rows, int n_cols, int wpad, int apad,
         for (int r = 0; r < n_rows; r++)
             R->vec_dot[t](n, &want[(size_t)c * s_stride + r], w + (size_t)r * w_stride,
                           a + (size_t)c * a_stride);
-    K->vec_dot_tile[t](n, n_rows, n_cols, s, s_stride, w, w_stride, a, a_stride);
+    if (packed) {
+        /* packing moves every byte and unpacking restores the rows */
+        uint8_t *pk = malloc(w_stride * (size_t)n_rows), *back = malloc(w_stride * (size_t)n_rows);
+        assert_true(pk && back);
+        nbi_pack_rows(t, n, n_rows, w, pk);
+        nbi_unpack_rows(t, n, n_rows, pk, back);
+        expect_same_bytes(back, w, w_stride * (size_t)n_rows, "pack/unpack", tname(t), n);
+        K->vec_dot_tile_packed[t](n, n_rows, n_cols, s, s_stride, pk, w_stride, a, a_stride);
+        free(pk);
+        free(back);
+    } else {
+        K->vec_dot_tile[t](n, n_rows, n_cols, s, s_stride, w, w_stride, a, a_stride);
+    }
     char what[64];
-    snprintf(what, sizeof what, "tile %dx%d", n_rows, n_cols);
+    snprintf(what, sizeof what, "%s %dx%d", packed ? "packed tile" : "tile", n_rows, n_cols);
     expect_same_floats(s, want, s_stride * (size_t)n_cols, what, tname(t), n);
     expect_same_floats(sb, &sentinel, 1, "tile (before the output)", tname(t), n);
     expect_same_floats(s + s_stride * (size_t)n_cols, &sentinel, 1, "tile (after the output)",
@@ -512,6 +528,40 @@ static void check_tile(int t, int n, int n_rows, int n_cols, int wpad, int apad,
     free(ab);
     free(sb);
     free(want);
+}
+
+static void check_tile(int t, int n, int n_rows, int n_cols, int wpad, int apad, int spad)
+{
+    check_tile_as(t, n, n_rows, n_cols, wpad, apad, spad, 0);
+}
+
+/* Packed tiles: row counts in groups of eight (one and two groups, the
+ * 16-row kernels' odd group), every activation count around the kernels'
+ * switch from one-row to many-row code and past a pass's 32 rows, rows
+ * longer than a scale table. */
+static void test_vec_dot_tile_packed(void **state)
+{
+    (void)state;
+    int tested = 0;
+    for (int t = 0; t < NB_TYPE_COUNT; t++) {
+        if (!K->vec_dot_tile_packed[t])
+            continue;
+        assert_true(nbi_pack_supported(t));
+        tested++;
+        static const int rows[] = {8, 16, 24, 40, 64};
+        static const int cols[] = {1, 2, 3, 4, 7, 16, 33};
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+            for (size_t j = 0; j < sizeof cols / sizeof cols[0]; j++)
+                check_tile_as(t, 32 * (1 + (int)(i + j) % 5), rows[i], cols[j], 0, (int)j % 3,
+                              (int)i % 2, 1);
+        check_tile_as(t, 32 * 4500, 8, 1, 0, 0, 0, 1);
+        check_tile_as(t, 32 * 4500, 24, 3, 0, 1, 1, 1);
+        check_tile_as(t, 32 * 64, 512, 1, 0, 0, 0, 1); /* past the prefetch distance */
+    }
+    if (!tested)
+        printf("    no packed tiles in this table\n");
+    else
+        printf("    %d types with packed tiles\n", tested);
 }
 
 static void test_vec_dot_tile(void **state)
@@ -1043,6 +1093,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest compare[] = {
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_tile),
+        cmocka_unit_test(test_vec_dot_tile_packed),
         cmocka_unit_test(test_to_float),
         cmocka_unit_test(test_from_float),
         cmocka_unit_test(test_from_float_degenerate),
@@ -1058,6 +1109,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_env_forces_reference),
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_tile),
+        cmocka_unit_test(test_vec_dot_tile_packed),
         cmocka_unit_test(test_to_float),
         cmocka_unit_test(test_from_float),
         cmocka_unit_test(test_from_float_degenerate),

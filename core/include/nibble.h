@@ -144,6 +144,11 @@ typedef struct nb_model_params {
     int vocab_only; /* load the tokenizer only: a vocabulary file is enough */
     int use_mmap;   /* 1 (default): weights are used in place from a read-only
                        mapping; 0: the file is read into private memory */
+    int repack;     /* 1 (default, unless NIBBLE_REPACK=0 is set): matrices of
+                       the types the CPU's kernels read faster in groups of
+                       rows (Q4_0, IQ4_NL on x86-64) are copied at load into
+                       that layout, in memory of their own, and their file
+                       pages released; 0: every weight is used as stored */
 } nb_model_params;
 
 NB_API nb_model_params nb_model_default_params(void);
@@ -191,6 +196,9 @@ typedef struct nb_model_info {
     int sliding_window;        /* attention window in tokens; 0 = the whole context */
     nb_token fim_pre, fim_suf, fim_mid; /* fill-in-the-middle tokens, -1 when absent */
     nb_token fim_sep, fim_rep; /* file separator and repository name, -1 when absent */
+    uint64_t packed_bytes;     /* weights copied into the packed layout at load
+                                  (nb_model_params.repack); 0 when none */
+    double pack_ms;            /* time that copy took */
 } nb_model_info;
 
 NB_API void nb_model_get_info(const nb_model *m, nb_model_info *info);

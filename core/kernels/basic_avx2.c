@@ -603,17 +603,25 @@ void nbi_avx2_add_basic(nbi_kernels *k)
     const int vnni = nbi_avx2_vnni_ok() && ext_allowed("vnni");
     const int avx512 = nbi_avx2_avx512_ok() && ext_allowed("avx512");
     k->level = avx512 ? (vnni ? "avx2+vnni+avx512" : "avx2+avx512") : vnni ? "avx2+vnni" : "avx2";
+#define Q4(prefix)                                                                           \
+    (k->vec_dot_tile[NB_TYPE_Q4_0] = prefix##_q4_0_tile,                                     \
+     k->vec_dot_tile_packed[NB_TYPE_Q4_0] = prefix##_q4_0_tile_packed,                       \
+     k->vec_dot_tile[NB_TYPE_IQ4_NL] = prefix##_iq4_nl_tile,                                 \
+     k->vec_dot_tile_packed[NB_TYPE_IQ4_NL] = prefix##_iq4_nl_tile_packed)
+    Q4(nbi_avx2);
     if (avx512) {
         k->vec_dot_tile[NB_TYPE_Q8_0] = nbi_avx512_q8_0_tile;
         k->vec_dot_tile[NB_TYPE_Q4_1] = nbi_avx512_q4_1_tile;
         k->vec_dot_tile[NB_TYPE_Q5_0] = nbi_avx512_q5_0_tile;
         k->vec_dot_tile[NB_TYPE_Q5_1] = nbi_avx512_q5_1_tile;
-        k->vec_dot_tile[NB_TYPE_Q4_0] = vnni ? nbi_avx512vnni_q4_0_tile : nbi_avx512_q4_0_tile;
-        k->vec_dot_tile[NB_TYPE_IQ4_NL] = vnni ? nbi_avx512vnni_iq4_nl_tile : nbi_avx512_iq4_nl_tile;
+        if (vnni)
+            Q4(nbi_avx512vnni);
+        else
+            Q4(nbi_avx512);
     } else if (vnni) {
-        k->vec_dot_tile[NB_TYPE_Q4_0] = nbi_avxvnni_q4_0_tile;
-        k->vec_dot_tile[NB_TYPE_IQ4_NL] = nbi_avxvnni_iq4_nl_tile;
+        Q4(nbi_avxvnni);
     }
+#undef Q4
 
     k->to_float[NB_TYPE_F16] = f16_to_float;
     k->to_float[NB_TYPE_BF16] = bf16_to_float;

@@ -80,6 +80,19 @@ typedef struct {
 } block_iq4_nl;
 _Static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl size");
 
+/* Eight rows of Q4_0 or IQ4_NL packed together (pack.c): per block
+ * position b, the eight rows' scales, then each row's sixteen code bytes
+ * as four 32-bit words, word k of row i at qs[32k + 4i].  That is the
+ * arrangement the x86 kernels otherwise build with transposes each time
+ * they read a block; packed, a group of rows is one sequential stream.
+ * A group takes exactly the bytes its eight rows took. */
+#define NBI_PACK_ROWS 8
+typedef struct {
+    nb_fp16 d[NBI_PACK_ROWS];
+    uint8_t qs[NBI_PACK_ROWS * 16];
+} block_q4_0x8;
+_Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8 size");
+
 /* K-quants: super-blocks of 256 elements. */
 typedef struct {
     uint8_t scales[QK_K / 16]; /* 4-bit scale and 4-bit min per 16 */
@@ -319,6 +332,10 @@ typedef struct nbi_kernels {
     nbi_from_float_fn from_float[NB_TYPE_COUNT]; /* activation formats */
     nbi_vec_dot_fn vec_dot[NB_TYPE_COUNT];
     nbi_vec_dot_tile_fn vec_dot_tile[NB_TYPE_COUNT]; /* NULL: vec_dot per pair */
+    /* The tile over packed rows (nbi_pack_rows): w is a group's first
+     * row, n_rows a multiple of NBI_PACK_ROWS; NULL where the table has
+     * no packed kernel, and then the loader does not pack. */
+    nbi_vec_dot_tile_fn vec_dot_tile_packed[NB_TYPE_COUNT];
     nbi_mad_f16_fn mad_f16;
     nbi_scale_f16_fn scale_f16;
     nbi_attn_f16_fn attn_f16;
@@ -375,6 +392,15 @@ NBI_DECLARE_REF(q6_K)
 NBI_DECLARE_REF(q8_K)
 NBI_DECLARE_REF(iq4_nl)
 #undef NBI_DECLARE_REF
+
+/* Packed rows (pack.c).  nbi_pack_supported: whether type t has a packed
+ * layout.  nbi_pack_rows rewrites n_rows rows (a multiple of
+ * NBI_PACK_ROWS) of n elements from src into dst (not overlapping);
+ * nbi_unpack_rows undoes it.  A packed tile's reference is the type's
+ * reference dot product on the unpacked rows: every output the same bits. */
+int nbi_pack_supported(int t);
+void nbi_pack_rows(int t, int n, int64_t n_rows, const void *restrict src, void *restrict dst);
+void nbi_unpack_rows(int t, int n, int64_t n_rows, const void *restrict src, void *restrict dst);
 
 void nbi_swiglu_ref(int n, float *restrict g, const float *restrict u);
 void nbi_mad_f16_ref(int n, nb_fp16 *restrict y, const nb_fp16 *restrict x, float v);

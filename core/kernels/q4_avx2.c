@@ -157,6 +157,41 @@ static ALWAYS_INLINE void load8(const uint8_t *const *rp, int blk, size_t ahead,
     *dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
 }
 
+/* Packed rows (block_q4_0x8, pack.c): block blk of the group at g is
+ * already in lane order, so the transposes disappear.  Generation reads
+ * a packed matrix as one stream, and prefetches PACK_AHEAD bytes ahead of
+ * the block in use (past the matrix's end the address is formed as an
+ * integer, as in prefetch_next). */
+#define PACK_AHEAD 8192
+
+static ALWAYS_INLINE void prefetch_packed(const uint8_t *g, int blk)
+{
+    const uintptr_t p = (uintptr_t)g + (size_t)blk * sizeof(block_q4_0x8) + PACK_AHEAD;
+#pragma GCC unroll 4
+    for (int k = 0; k < 3; k++)
+        _mm_prefetch((const char *)(p + 64 * (size_t)k), _MM_HINT_T0);
+}
+
+static ALWAYS_INLINE void loadp8(const uint8_t *g, int blk, __m256i P[4], __m256 *dx)
+{
+    const uint8_t *p = g + (size_t)blk * sizeof(block_q4_0x8);
+    *dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        P[k] = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k));
+}
+
+/* A group's block from either layout: rp holds the eight row pointers,
+ * or (packed) the group's first row. */
+static ALWAYS_INLINE void load_group8(const uint8_t *const *rp, int blk, size_t ahead, __m256i P[4],
+                                      __m256 *dx, int packed)
+{
+    if (packed)
+        loadp8(rp[0], blk, P, dx);
+    else
+        load8(rp, blk, ahead, P, dx);
+}
+
 /* The eight 4-bit code vectors of a group block, X[j] for elements 4j.. */
 static ALWAYS_INLINE void split8(const __m256i P[4], __m256i X[8])
 {
@@ -257,7 +292,8 @@ static ALWAYS_INLINE int gen8_ok(int nr, int cc, size_t ahead)
 }
 
 static ALWAYS_INLINE void gen8_q4_0(const uint8_t *w0, size_t ws, int b0, int bb,
-                                    const uint8_t *col, const act *meta, float *s, int resume)
+                                    const uint8_t *col, const act *meta, float *s, int resume,
+                                    int packed)
 {
     const __m256i lo4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 acc = resume ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
@@ -266,9 +302,14 @@ static ALWAYS_INLINE void gen8_q4_0(const uint8_t *w0, size_t ws, int b0, int bb
     for (int b = 0; b < bb; b++, y += BLK_A) {
         __m256i P[4];
         __m256 dx;
-        prefetch_next(w0, 8 * ws, b0 + b);
-        load8_rows(&r, P, &dx);
-        rows8_next(&r);
+        if (packed) {
+            prefetch_packed(w0, b0 + b);
+            loadp8(w0, b0 + b, P, &dx);
+        } else {
+            prefetch_next(w0, 8 * ws, b0 + b);
+            load8_rows(&r, P, &dx);
+            rows8_next(&r);
+        }
         /* int16 lanes 2i and 2i+1 collect row i's products */
         __m256i p[4];
 #pragma GCC unroll 4
@@ -283,10 +324,10 @@ static ALWAYS_INLINE void gen8_q4_0(const uint8_t *w0, size_t ws, int b0, int bb
     _mm256_storeu_ps(s, acc);
 }
 
-static void group_q4_0(GROUP_ARGS)
+static ALWAYS_INLINE void group_q4_0_body(GROUP_ARGS, int packed)
 {
     if (gen8_ok(nr, cc, ahead)) {
-        gen8_q4_0(rp[0], ahead / 8, b0, bb, col[0], meta, s, resume);
+        gen8_q4_0(rp[0], ahead / 8, b0, bb, col[0], meta, s, resume, packed);
         return;
     }
     const __m256i ones = _mm256_set1_epi16(1);
@@ -295,7 +336,7 @@ static void group_q4_0(GROUP_ARGS)
     for (int b = 0; b < bb; b++) {
         __m256i P[4], W[8];
         __m256 dx;
-        load8(rp, b0 + b, ahead, P, &dx);
+        load_group8(rp, b0 + b, ahead, P, &dx, packed);
         split8(P, W);
         const act *m = meta + (size_t)b * cc;
         const size_t yoff = (size_t)(b0 + b) * BLK_A + 2;
@@ -315,7 +356,7 @@ static void group_q4_0(GROUP_ARGS)
     acc8_store(acc, cc, s, s_stride, nr);
 }
 
-static void group_iq4_nl(GROUP_ARGS)
+static ALWAYS_INLINE void group_iq4_nl_body(GROUP_ARGS, int packed)
 {
     const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
     const __m256i tlo = _mm256_broadcastsi128_si256(iq4nl_table(0));
@@ -325,7 +366,7 @@ static void group_iq4_nl(GROUP_ARGS)
     for (int b = 0; b < bb; b++) {
         __m256i P[4], X[8], L[8], H[8];
         __m256 dx;
-        load8(rp, b0 + b, ahead, P, &dx);
+        load_group8(rp, b0 + b, ahead, P, &dx, packed);
         split8(P, X);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
@@ -353,6 +394,13 @@ static void group_iq4_nl(GROUP_ARGS)
     acc8_store(acc, cc, s, s_stride, nr);
 }
 
+#define GROUP_PASS rp, nr, ahead, b0, bb, col, cc, meta, s, s_stride, resume
+
+static void group_q4_0(GROUP_ARGS) { group_q4_0_body(GROUP_PASS, 0); }
+static void group_q4_0_p(GROUP_ARGS) { group_q4_0_body(GROUP_PASS, 1); }
+static void group_iq4_nl(GROUP_ARGS) { group_iq4_nl_body(GROUP_PASS, 0); }
+static void group_iq4_nl_p(GROUP_ARGS) { group_iq4_nl_body(GROUP_PASS, 1); }
+
 /* AVX-VNNI: vpdpbusd adds four u8*s8 products per int32 lane, exactly. */
 #define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
 
@@ -370,7 +418,7 @@ static VNNI_TARGET ALWAYS_INLINE __m256i vnni8(const __m256i W[8], const uint8_t
     return _mm256_add_epi32(e, o);
 }
 
-static VNNI_TARGET ALWAYS_INLINE void group_vnni8(GROUP_ARGS, int iq4nl)
+static VNNI_TARGET ALWAYS_INLINE void group_vnni8(GROUP_ARGS, int iq4nl, int packed)
 {
     const __m256i tu = _mm256_broadcastsi128_si256(iq4nl_table(2));
     __m256 acc[COLS];
@@ -378,7 +426,7 @@ static VNNI_TARGET ALWAYS_INLINE void group_vnni8(GROUP_ARGS, int iq4nl)
     for (int b = 0; b < bb; b++) {
         __m256i P[4], W[8];
         __m256 dx;
-        load8(rp, b0 + b, ahead, P, &dx);
+        load_group8(rp, b0 + b, ahead, P, &dx, packed);
         split8(P, W);
         if (iq4nl)
 #pragma GCC unroll 8
@@ -398,7 +446,8 @@ static VNNI_TARGET ALWAYS_INLINE void group_vnni8(GROUP_ARGS, int iq4nl)
  * exactly. */
 static VNNI_TARGET ALWAYS_INLINE void gen8_q4_0_vnni(const uint8_t *w0, size_t ws, int b0,
                                                      int bb, const uint8_t *col,
-                                                     const act *meta, float *s, int resume)
+                                                     const act *meta, float *s, int resume,
+                                                     int packed)
 {
     const __m256i lo4 = _mm256_set1_epi8(0x0f), hi4 = _mm256_set1_epi8((char)0xf0);
     __m256 acc = resume ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
@@ -407,9 +456,14 @@ static VNNI_TARGET ALWAYS_INLINE void gen8_q4_0_vnni(const uint8_t *w0, size_t w
     for (int b = 0; b < bb; b++, y += BLK_A) {
         __m256i P[4];
         __m256 dx;
-        prefetch_next(w0, 8 * ws, b0 + b);
-        load8_rows(&r, P, &dx);
-        rows8_next(&r);
+        if (packed) {
+            prefetch_packed(w0, b0 + b);
+            loadp8(w0, b0 + b, P, &dx);
+        } else {
+            prefetch_next(w0, 8 * ws, b0 + b);
+            load8_rows(&r, P, &dx);
+            rows8_next(&r);
+        }
         __m256i e = _mm256_set1_epi32(meta[b].corr), o = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
@@ -422,19 +476,19 @@ static VNNI_TARGET ALWAYS_INLINE void gen8_q4_0_vnni(const uint8_t *w0, size_t w
     _mm256_storeu_ps(s, acc);
 }
 
-static VNNI_TARGET void group_q4_0_vnni(GROUP_ARGS)
+static VNNI_TARGET ALWAYS_INLINE void group_q4_0_vnni_body(GROUP_ARGS, int packed)
 {
     if (gen8_ok(nr, cc, ahead)) {
-        gen8_q4_0_vnni(rp[0], ahead / 8, b0, bb, col[0], meta, s, resume);
+        gen8_q4_0_vnni(rp[0], ahead / 8, b0, bb, col[0], meta, s, resume, packed);
         return;
     }
-    group_vnni8(rp, nr, ahead, b0, bb, col, cc, meta, s, s_stride, resume, 0);
+    group_vnni8(GROUP_PASS, 0, packed);
 }
 
-static VNNI_TARGET void group_iq4_nl_vnni(GROUP_ARGS)
-{
-    group_vnni8(rp, nr, ahead, b0, bb, col, cc, meta, s, s_stride, resume, 1);
-}
+static VNNI_TARGET void group_q4_0_vnni(GROUP_ARGS) { group_q4_0_vnni_body(GROUP_PASS, 0); }
+static VNNI_TARGET void group_q4_0_vnni_p(GROUP_ARGS) { group_q4_0_vnni_body(GROUP_PASS, 1); }
+static VNNI_TARGET void group_iq4_nl_vnni(GROUP_ARGS) { group_vnni8(GROUP_PASS, 1, 0); }
+static VNNI_TARGET void group_iq4_nl_vnni_p(GROUP_ARGS) { group_vnni8(GROUP_PASS, 1, 1); }
 
 /* ------------------------------------------------------------------ */
 /* Sixteen rows per 512-bit register (AVX-512 F/BW/VL + VNNI)           */
@@ -468,6 +522,23 @@ static AVX512_TARGET ALWAYS_INLINE void load16(const uint8_t *const *rp, size_t 
     *dx = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
 }
 
+/* Two packed groups, rows 0-7 from the group at ga and 8-15 from gb. */
+static AVX512_TARGET ALWAYS_INLINE void loadp16(const uint8_t *ga, const uint8_t *gb, int blk,
+                                                __m512i P[4], __m512 *dx)
+{
+    const size_t off = (size_t)blk * sizeof(block_q4_0x8);
+    const uint8_t *pa = ga + off, *pb = gb + off;
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        P[k] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(pa + 16 + 32 * k))),
+            _mm256_loadu_si256((const __m256i *)(pb + 16 + 32 * k)), 1);
+    const __m256i h = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)pa)),
+        _mm_loadu_si128((const __m128i *)pb), 1);
+    *dx = _mm512_cvtph_ps(h);
+}
+
 static AVX512_TARGET ALWAYS_INLINE __m512i vnni16(const __m512i W[8], const uint8_t *y,
                                                   int32_t corr)
 {
@@ -480,7 +551,7 @@ static AVX512_TARGET ALWAYS_INLINE __m512i vnni16(const __m512i W[8], const uint
     return _mm512_add_epi32(e, o);
 }
 
-static AVX512_TARGET ALWAYS_INLINE void group_vnni16(GROUP_ARGS, int iq4nl)
+static AVX512_TARGET ALWAYS_INLINE void group_vnni16(GROUP_ARGS, int iq4nl, int packed)
 {
     const __mmask16 mask = (__mmask16)((1u << nr) - 1);
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
@@ -491,7 +562,10 @@ static AVX512_TARGET ALWAYS_INLINE void group_vnni16(GROUP_ARGS, int iq4nl)
     for (int b = 0; b < bb; b++) {
         __m512i P[4], W[8];
         __m512 dx;
-        load16(rp, (size_t)(b0 + b) * BLK_W, P, &dx);
+        if (packed)
+            loadp16(rp[0], rp[1], b0 + b, P, &dx);
+        else
+            load16(rp, (size_t)(b0 + b) * BLK_W, P, &dx);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             W[k] = _mm512_and_si512(P[k], lo4);
@@ -512,15 +586,10 @@ static AVX512_TARGET ALWAYS_INLINE void group_vnni16(GROUP_ARGS, int iq4nl)
         _mm512_mask_storeu_ps(s + (size_t)c * s_stride, mask, acc[c]);
 }
 
-static AVX512_TARGET void group_q4_0_avx512(GROUP_ARGS)
-{
-    group_vnni16(rp, nr, ahead, b0, bb, col, cc, meta, s, s_stride, resume, 0);
-}
-
-static AVX512_TARGET void group_iq4_nl_avx512(GROUP_ARGS)
-{
-    group_vnni16(rp, nr, ahead, b0, bb, col, cc, meta, s, s_stride, resume, 1);
-}
+static AVX512_TARGET void group_q4_0_avx512(GROUP_ARGS) { group_vnni16(GROUP_PASS, 0, 0); }
+static AVX512_TARGET void group_q4_0_avx512_p(GROUP_ARGS) { group_vnni16(GROUP_PASS, 0, 1); }
+static AVX512_TARGET void group_iq4_nl_avx512(GROUP_ARGS) { group_vnni16(GROUP_PASS, 1, 0); }
+static AVX512_TARGET void group_iq4_nl_avx512_p(GROUP_ARGS) { group_vnni16(GROUP_PASS, 1, 1); }
 
 /* ------------------------------------------------------------------ */
 /* CPU checks (GCC's include the OS's saving of the wider registers)    */
@@ -547,9 +616,9 @@ int nbi_avx2_avx512_ok(void)
  * of fewer than SMALL_COLS, `big` (G rows per group) the others. */
 #define SMALL_COLS 3
 
-static void tile(group_fn small, group_fn big, int G, int32_t offset, int n, int n_rows,
-                 int n_cols, float *s, size_t s_stride, const uint8_t *w, size_t w_stride,
-                 const uint8_t *a, size_t a_stride)
+static void tile(group_fn small, group_fn big, int G, int32_t offset, int packed, int n,
+                 int n_rows, int n_cols, float *s, size_t s_stride, const uint8_t *w,
+                 size_t w_stride, const uint8_t *a, size_t a_stride)
 {
     const int nb = n / QK4_0;
     if (nb == 0) { /* no blocks: the reference's sum stays 0 */
@@ -578,8 +647,13 @@ static void tile(group_fn small, group_fn big, int G, int32_t offset, int n, int
             for (int r0 = 0; r0 < n_rows; r0 += g) {
                 const int nr = n_rows - r0 < g ? n_rows - r0 : g;
                 const uint8_t *rp[16];
-                for (int i = 0; i < g; i++)
-                    rp[i] = w + (size_t)(r0 + (i < nr ? i : nr - 1)) * w_stride;
+                if (packed) { /* the groups' first rows; a lone group twice */
+                    rp[0] = w + (size_t)r0 * w_stride;
+                    rp[1] = nr > NBI_PACK_ROWS ? rp[0] + NBI_PACK_ROWS * w_stride : rp[0];
+                } else {
+                    for (int i = 0; i < g; i++)
+                        rp[i] = w + (size_t)(r0 + (i < nr ? i : nr - 1)) * w_stride;
+                }
                 group(rp, nr, (size_t)g * w_stride, b0, bb, col, cc, meta,
                       s + (size_t)c0 * s_stride + r0, s_stride, b0 > 0);
             }
@@ -587,12 +661,21 @@ static void tile(group_fn small, group_fn big, int G, int32_t offset, int n, int
     }
 }
 
-#define TILE(name, small, big, G, offset)                                                     \
-    void name(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,               \
-              const void *restrict w, size_t w_stride, const void *restrict a,                 \
-              size_t a_stride)                                                                 \
-    {                                                                                          \
-        tile(small, big, G, offset, n, n_rows, n_cols, s, s_stride, w, w_stride, a, a_stride); \
+/* name over rows as stored, name_packed over packed rows. */
+#define TILE(name, small, big, G, offset)                                                      \
+    void name(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,                \
+              const void *restrict w, size_t w_stride, const void *restrict a,                  \
+              size_t a_stride)                                                                  \
+    {                                                                                           \
+        tile(small, big, G, offset, 0, n, n_rows, n_cols, s, s_stride, w, w_stride, a,          \
+             a_stride);                                                                         \
+    }                                                                                           \
+    void name##_packed(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,       \
+                       const void *restrict w, size_t w_stride, const void *restrict a,         \
+                       size_t a_stride)                                                         \
+    {                                                                                           \
+        tile(small##_p, big##_p, G, offset, 1, n, n_rows, n_cols, s, s_stride, w, w_stride, a, \
+             a_stride);                                                                         \
     }
 
 TILE(nbi_avx2_q4_0_tile, group_q4_0, group_q4_0, 8, 8)

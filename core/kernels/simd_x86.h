@@ -127,43 +127,38 @@ void nbi_avx2_q4_0_vec_dot(int n, float *restrict s, const void *restrict x,
                            const void *restrict y);
 void nbi_avx2_iq4_nl_vec_dot(int n, float *restrict s, const void *restrict x,
                              const void *restrict y);
-void nbi_avx2_q4_0_tile(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,
-                        const void *restrict w, size_t w_stride, const void *restrict a,
-                        size_t a_stride);
-void nbi_avx2_iq4_nl_tile(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,
-                          const void *restrict w, size_t w_stride, const void *restrict a,
-                          size_t a_stride);
+/* Each tile comes in two: over rows as stored, and (_packed) over rows
+ * packed in groups of eight (block_q4_0x8). */
+#define NBX_DECLARE_Q4_TILE(name)                                                            \
+    void name(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,              \
+              const void *restrict w, size_t w_stride, const void *restrict a,                \
+              size_t a_stride);                                                               \
+    void name##_packed(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,     \
+                       const void *restrict w, size_t w_stride, const void *restrict a,       \
+                       size_t a_stride);
+NBX_DECLARE_Q4_TILE(nbi_avx2_q4_0_tile)
+NBX_DECLARE_Q4_TILE(nbi_avx2_iq4_nl_tile)
 /* The same tiles with vpdpbusd: AVX-VNNI (8 rows per 256-bit register)
  * and AVX-512 VNNI (16 rows per 512-bit register, for three or more
- * activation rows; fewer go to the 8-row AVX2 kernels); call them only
- * when the matching check says the CPU (and OS) support them. */
+ * activation rows; fewer go to the 8-row AVX2 kernels, or with AVX-VNNI
+ * too (avx512vnni_*) to the AVX-VNNI ones); call them only when the
+ * matching check says the CPU (and OS) support them. */
+int nbi_avx2_vnni_ok(void);
+int nbi_avx2_avx512_ok(void);
+NBX_DECLARE_Q4_TILE(nbi_avxvnni_q4_0_tile)
+NBX_DECLARE_Q4_TILE(nbi_avxvnni_iq4_nl_tile)
+NBX_DECLARE_Q4_TILE(nbi_avx512_q4_0_tile)
+NBX_DECLARE_Q4_TILE(nbi_avx512_iq4_nl_tile)
+NBX_DECLARE_Q4_TILE(nbi_avx512vnni_q4_0_tile)
+NBX_DECLARE_Q4_TILE(nbi_avx512vnni_iq4_nl_tile)
+#undef NBX_DECLARE_Q4_TILE
+
 /* Attention (attn_avx2.c): installs the 512-bit kernel when avx512 is
  * set, else the 256-bit one; both fall back to the generic loop. */
 void nbi_avx2_add_attn(nbi_kernels *k, int avx512);
 void nbi_avx2_attn_f16_generic(int hd, int nq, int n, float scale, const nb_fp16 *q16,
                                const nb_fp16 *K, const nb_fp16 *V, size_t kv_stride, float *out,
                                nb_fp16 *acc);
-int nbi_avx2_vnni_ok(void);
-int nbi_avx2_avx512_ok(void);
-void nbi_avxvnni_q4_0_tile(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,
-                           const void *restrict w, size_t w_stride, const void *restrict a,
-                           size_t a_stride);
-void nbi_avxvnni_iq4_nl_tile(int n, int n_rows, int n_cols, float *restrict s,
-                             size_t s_stride, const void *restrict w, size_t w_stride,
-                             const void *restrict a, size_t a_stride);
-void nbi_avx512_q4_0_tile(int n, int n_rows, int n_cols, float *restrict s, size_t s_stride,
-                          const void *restrict w, size_t w_stride, const void *restrict a,
-                          size_t a_stride);
-void nbi_avx512_iq4_nl_tile(int n, int n_rows, int n_cols, float *restrict s,
-                            size_t s_stride, const void *restrict w, size_t w_stride,
-                            const void *restrict a, size_t a_stride);
-/* AVX-512 with AVX-VNNI: the latter for one or two activation rows. */
-void nbi_avx512vnni_q4_0_tile(int n, int n_rows, int n_cols, float *restrict s,
-                              size_t s_stride, const void *restrict w, size_t w_stride,
-                              const void *restrict a, size_t a_stride);
-void nbi_avx512vnni_iq4_nl_tile(int n, int n_rows, int n_cols, float *restrict s,
-                                size_t s_stride, const void *restrict w, size_t w_stride,
-                                const void *restrict a, size_t a_stride);
 
 /* qlane_avx2.c: Q8_0, Q4_1, Q5_0, Q5_1, whose references keep eight float
  * lanes per output. */

@@ -277,7 +277,11 @@ static void matmul_range(const nb_ctx *c, const nbi_tensor *W, int B, float *y, 
     const int n_in = (int)W->ne[0], n_out = (int)W->ne[1];
     const size_t wrow = nbi_row_size(W->type, n_in), arow = c->qact_row;
     const char *w = W->data, *qa = c->qact;
-    const nbi_vec_dot_tile_fn tile = c->k->vec_dot_tile[W->type];
+    nbi_vec_dot_tile_fn tile = c->k->vec_dot_tile[W->type];
+    if (W->packed) { /* groups of rows: r0 and r1 are multiples of the group (matmul_run) */
+        tile = c->k->vec_dot_tile_packed[W->type];
+        w = W->packed;
+    }
     if (tile) {
         tile(n_in, (int)(r1 - r0), B, y + r0, (size_t)n_out, w + (size_t)r0 * wrow, wrow, qa,
              arow);
@@ -365,13 +369,19 @@ static void matmul(nb_ctx *c, const nbi_tensor *W, const float *x, int B, float 
         lora_rows_apply(c, W, x, B, y);
 }
 
-/* Whether the weights can share one conversion of their input. */
+/* Whether the weights can share one conversion of their input, and be
+ * one job: chunks start at multiples of 16 of the job's rows, so a packed
+ * weight must start at a multiple of its group there (its own row count
+ * is one, so its chunks then end on group boundaries too). */
 static int same_input(const nbi_tensor *const *W, int n)
 {
-    for (int i = 1; i < n; i++)
+    int64_t first = 0;
+    for (int i = 0; i < n; i++) {
         if (nbi_types[W[i]->type].vec_dot_type != nbi_types[W[0]->type].vec_dot_type ||
-            W[i]->ne[0] != W[0]->ne[0])
+            W[i]->ne[0] != W[0]->ne[0] || (W[i]->packed && first % NBI_PACK_ROWS != 0))
             return 0;
+        first += W[i]->ne[1];
+    }
     return 1;
 }
 

@@ -122,6 +122,8 @@ typedef struct nbi_tensor {
     uint64_t offset;        /* from the start of the data section */
     uint64_t nbytes;
     const void *data;       /* inside the mapping */
+    const void *packed;     /* NULL, or the rows packed for the kernels
+                               (model.c, pack.c); data keeps the file's */
 } nbi_tensor;
 
 struct nb_gguf {
@@ -430,6 +432,9 @@ struct nb_model {
     const float *rope_freqs;      /* (n_rot / 2) or NULL: divisors of each pair's angle */
     nbi_layer *layers;
     float *vectors;               /* norms, biases and rope factors, as F32 */
+    void *packed;                 /* anonymous mapping holding the packed matrices */
+    size_t packed_size;           /* its length; 0 when nothing is packed */
+    double pack_ms;               /* time spent packing at load */
 };
 
 /* ------------------------------------------------------------------ lora.c */

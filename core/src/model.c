@@ -9,7 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "../kernels/kernels.h"
 #include "internal.h"
 
 /* Bounds that keep every size computation far from overflow; real models
@@ -47,6 +51,8 @@ nb_model_params nb_model_default_params(void)
 {
     nb_model_params p = {0};
     p.use_mmap = 1;
+    const char *env = getenv("NIBBLE_REPACK");
+    p.repack = !(env && strcmp(env, "0") == 0);
     return p;
 }
 
@@ -400,6 +406,119 @@ done:
     return st;
 }
 
+/* ------------------------------------------------------------------ packing */
+
+/* Whether t is packed at load: a matrix the forward pass multiplies (not
+ * the token embeddings, which are read a row at a time), of a type the
+ * kernel table has a packed tile for, with whole groups of rows. */
+static int packable(const nb_model *m, const nbi_kernels *k, const nbi_tensor *t)
+{
+    return t && t != m->tok_embd && k->vec_dot_tile_packed[t->type] &&
+           nbi_pack_supported(t->type) && t->ne[1] % NBI_PACK_ROWS == 0 && t->ne[2] == 1 &&
+           t->ne[3] == 1;
+}
+
+/* The matrices of the model that are packed, in order; returns their
+ * number (at most cap). */
+static int pack_list(const nb_model *m, const nbi_kernels *k, const nbi_tensor **list, int cap)
+{
+    int n = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const nbi_layer *L = &m->layers[l];
+        const nbi_tensor *w[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+            if (packable(m, k, w[i]) && n < cap)
+                list[n++] = w[i];
+    }
+    if (packable(m, k, m->output) && n < cap)
+        list[n++] = m->output;
+    return n;
+}
+
+typedef struct pack_job {
+    const nbi_tensor *t;
+    uint8_t *dst;
+} pack_job;
+
+/* A share of a tensor's row groups per thread: the copy is bound by page
+ * faults and memory, which two cores serve faster than one. */
+static void pack_task(void *arg, int ith, int nth)
+{
+    const pack_job *j = arg;
+    const nbi_tensor *t = j->t;
+    const size_t group = nbi_row_size(t->type, t->ne[0]) * NBI_PACK_ROWS;
+    int64_t lo, hi;
+    nbi_split(t->ne[1] / NBI_PACK_ROWS, ith, nth, &lo, &hi);
+    nbi_pack_rows(t->type, (int)t->ne[0], (hi - lo) * NBI_PACK_ROWS,
+                  (const uint8_t *)t->data + (size_t)lo * group, j->dst + (size_t)lo * group);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* Copy the packable matrices into one anonymous mapping in the packed
+ * layout.  Each tensor's file pages are released as soon as it is copied
+ * (when the file is mapped), so the peak stays near the model's size
+ * rather than twice it; they would be read back from the file if anything
+ * used the stored rows again (lora-merge and quantize open models with
+ * repack = 0 and never do). */
+static nb_status pack_weights(nb_model *m, char *err, size_t errlen)
+{
+    const nbi_kernels *k = nbi_kernels_get();
+    const int cap = m->hp.n_layer * 7 + 1;
+    const nbi_tensor **list = calloc((size_t)cap, sizeof *list);
+    if (!list)
+        return nbi_err(err, errlen, NB_ERR_NOMEM, "out of memory");
+    const int n = pack_list(m, k, list, cap);
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += (size_t)(list[i]->nbytes + 63) / 64 * 64; /* sizes fit: they are in the file */
+    if (n == 0 || total == 0) {
+        free(list);
+        return NB_OK;
+    }
+    const double t0 = now_ms();
+    void *mem = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        free(list);
+        return nbi_err(err, errlen, NB_ERR_NOMEM,
+                       "out of memory for the packed weights (%zu MiB; NIBBLE_REPACK=0 uses "
+                       "the file's pages instead)", total >> 20);
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(mem, total, MADV_HUGEPAGE); /* fewer TLB misses while streaming; advice only */
+#endif
+    const long page = sysconf(_SC_PAGESIZE);
+    uint8_t *dst = mem;
+    nbi_pool *pool = NULL;
+    if (nbi_pool_new(nb_physical_cores(), &pool) != NB_OK)
+        pool = NULL; /* then on this thread alone */
+    for (int i = 0; i < n; i++) {
+        nbi_tensor *t = (nbi_tensor *)list[i]; /* the model owns its GGUF */
+        pack_job j = {t, dst};
+        nbi_pool_run(pool, pack_task, &j);
+        t->packed = dst;
+        dst += (size_t)(t->nbytes + 63) / 64 * 64;
+        if (m->gguf->owns == 1 && page > 0) {
+            /* the whole pages inside the tensor's bytes */
+            const uintptr_t a = ((uintptr_t)t->data + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+            const uintptr_t b = ((uintptr_t)t->data + (uintptr_t)t->nbytes) / (uintptr_t)page * (uintptr_t)page;
+            if (b > a)
+                madvise((void *)a, b - a, MADV_DONTNEED);
+        }
+    }
+    nbi_pool_free(pool);
+    m->packed = mem;
+    m->packed_size = total;
+    m->pack_ms = now_ms() - t0;
+    free(list);
+    return NB_OK;
+}
+
 static char *copy_meta_str(nb_model *m, const char *key, char **cursor)
 {
     const char *s;
@@ -464,7 +583,8 @@ nb_status nb_model_open(const char *path, const nb_model_params *params, nb_mode
     m->hp.n_vocab = m->vocab.n;
     if (!p.vocab_only) {
         if ((st = load_hparams(m, err, errlen)) ||
-            (st = bind_tensors(m, err, errlen)))
+            (st = bind_tensors(m, err, errlen)) ||
+            (p.repack && (st = pack_weights(m, err, errlen))))
             goto fail;
     }
     *out = m;
@@ -479,6 +599,8 @@ void nb_model_close(nb_model *m)
     if (!m)
         return;
     nbi_vocab_free(&m->vocab);
+    if (m->packed)
+        munmap(m->packed, m->packed_size);
     nb_gguf_close(m->gguf);
     free(m->layers);
     free(m->vectors);
@@ -518,6 +640,8 @@ void nb_model_get_info(const nb_model *m, nb_model_info *info)
     info->n_head_kv = hp->n_head_kv;
     info->head_dim = hp->head_dim;
     info->n_ff = hp->n_ff;
+    info->packed_bytes = m->packed_size;
+    info->pack_ms = m->pack_ms;
     info->n_rot = hp->n_rot;
     info->rope_freq_base = hp->rope_freq_base;
     info->rms_eps = hp->rms_eps;

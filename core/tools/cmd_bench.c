@@ -662,17 +662,25 @@ int cmd_bench(int argc, char **argv)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     if (json) {
-        json_t *o = json_pack("{s:s, s:f, s:f, s:s}", "model", base, "load_ms", load_ms,
+        json_t *o = json_pack("{s:s, s:f, s:f, s:s, s:I, s:f}", "model", base, "load_ms", load_ms,
                               "peak_rss_mib", (double)ru.ru_maxrss / 1024.0, "kernels",
-                              nbi_kernels_get()->level);
+                              nbi_kernels_get()->level, "packed_bytes",
+                              (json_int_t)info.packed_bytes, "pack_ms", info.pack_ms);
         char *js = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
         if (js)
             puts(js);
         free(js);
         json_decref(o);
-    } else
-        printf("load %.1f ms (mapped, pages read on first use), peak RSS %.1f MiB, kernels %s\n",
-               load_ms, (double)ru.ru_maxrss / 1024.0, nbi_kernels_get()->level);
+    } else {
+        char how[128];
+        if (info.packed_bytes)
+            snprintf(how, sizeof how, "%.1f MiB of it packed in %.1f ms",
+                     (double)info.packed_bytes / 1048576.0, info.pack_ms);
+        else
+            snprintf(how, sizeof how, "mapped, pages read on first use");
+        printf("load %.1f ms (%s), peak RSS %.1f MiB, kernels %s\n", load_ms, how,
+               (double)ru.ru_maxrss / 1024.0, nbi_kernels_get()->level);
+    }
     tool_lora_free(&lora);
     nb_model_close(m);
     free(pcopy);

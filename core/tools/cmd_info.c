@@ -74,6 +74,7 @@ int cmd_info(int argc, char **argv)
     if (st)
         return tool_error("%s: %s", path, err);
     nb_model_params mp = nb_model_default_params();
+    mp.repack = 0; /* describes the file; no need to pack */
     nb_model *m = NULL;
     char merr[512] = "";
     st = nb_model_open(path, &mp, &m, merr, sizeof merr);

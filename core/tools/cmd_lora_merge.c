@@ -175,6 +175,7 @@ int cmd_lora_merge(int argc, char **argv)
     nb_lora *lora = NULL;
     nbi_gw *gw = NULL;
     nb_model_params mp = nb_model_default_params();
+    mp.repack = 0; /* reads the stored rows */
     if (nb_model_open(base, &mp, &m, err, sizeof err))
         return tool_error("%s: %s", base, err);
     if (nb_lora_open(m, adapter, &lora, err, sizeof err)) {

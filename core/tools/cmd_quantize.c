@@ -218,6 +218,7 @@ int cmd_quantize(int argc, char **argv)
         return tool_error("%s: %s", in_path, err);
     /* The model must be one nibble can load; this also validates shapes. */
     nb_model_params mp = nb_model_default_params();
+    mp.repack = 0; /* reads the stored rows */
     nb_model *m;
     if (nb_model_open(in_path, &mp, &m, err, sizeof err)) {
         tool_error("%s: %s", in_path, err);
