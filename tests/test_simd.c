@@ -39,6 +39,10 @@
 #include "kernels.h"
 #include "quantize.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 static const nbi_kernels *K, *R;
 static int child; /* running as a variant check for the parent: fewer shapes */
 
@@ -1018,6 +1022,52 @@ static void test_attn(void **state)
            MAXQ, MAXN);
 }
 
+#if defined(__x86_64__)
+__m128 nbi_avx2_expf4(__m128 x);
+
+/* The attention kernel's four-lane expf against the C library's: every
+ * 61st float from -0 down to -104 (17 million arguments, the range the
+ * softmax steps use), then both infinities, NaN and the range ends.
+ * Bit-identical results are what the kernel's self-check at start-up
+ * requires before it uses the vector exp. */
+static void test_expf4(void **state)
+{
+    (void)state;
+    if (strncmp(K->level, "avx2", 4) != 0) {
+        printf("    no AVX2 kernels in use\n");
+        return;
+    }
+    long checked = 0, differ = 0;
+    for (uint32_t u = 0x80000000u; u < 0xc2d00000u; u += 61 * 4) {
+        float x[4], got[4];
+        for (int j = 0; j < 4; j++)
+            x[j] = u2f(u + 61u * (uint32_t)j);
+        _mm_storeu_ps(got, nbi_avx2_expf4(_mm_loadu_ps(x)));
+        for (int j = 0; j < 4; j++) {
+            const float want = expf(x[j]);
+            checked++;
+            if (memcmp(&got[j], &want, 4) != 0 && differ++ < 5)
+                print_error("expf4(%a) = %a, expf %a\n", (double)x[j], (double)got[j], (double)want);
+        }
+    }
+    static const float special[] = {-INFINITY, INFINITY, NAN, 88.72f, 100.0f, -88.0f, -103.97f, -103.3f, -150.0f, 0.5f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) {
+        const float got = _mm_cvtss_f32(nbi_avx2_expf4(_mm_set1_ps(special[i]))), want = expf(special[i]);
+        checked++;
+        if (memcmp(&got, &want, 4) != 0 && differ++ < 5)
+            print_error("expf4(%a) = %a, expf %a\n", (double)special[i], (double)got, (double)want);
+    }
+    printf("    expf4: %ld arguments, %ld differ from the C library's expf\n", checked, differ);
+    assert_int_equal(differ, 0);
+}
+#else
+static void test_expf4(void **state)
+{
+    (void)state;
+    printf("    x86-64 only\n");
+}
+#endif
+
 static void test_swiglu(void **state)
 {
     (void)state;
@@ -1099,6 +1149,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_from_float_degenerate),
         cmocka_unit_test(test_f16_ops),
         cmocka_unit_test(test_attn),
+        cmocka_unit_test(test_expf4),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_summary),
@@ -1115,6 +1166,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_from_float_degenerate),
         cmocka_unit_test(test_f16_ops),
         cmocka_unit_test(test_attn),
+        cmocka_unit_test(test_expf4),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_summary),

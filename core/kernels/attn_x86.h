@@ -13,10 +13,9 @@
 
 /* NQ queries of HD dimensions against n cache rows, the accumulators of
  * all of them in registers (NQ * HD / W <= 16).  Per block of positions:
- * the scores (one key row loaded for all queries), then each query's
- * softmax steps in scalar code (expf is a call, so no vector register
- * needs to live across it), then the value rows (each loaded once),
- * rescaling an accumulator only where a step said so. */
+ * the scores (one key row loaded for all queries), then the softmax steps
+ * of the queries side by side (attn_softmax), then the value rows (each
+ * loaded once), rescaling an accumulator only where a step said so. */
 static inline __attribute__((always_inline)) ATTN_TARGET void
 ATTN_FN(attn_group)(const int HD, const int NQ, int n, float scale, const nb_fp16 *q16,
                     const nb_fp16 *K, const nb_fp16 *V, size_t st, float *out)
@@ -24,8 +23,11 @@ ATTN_FN(attn_group)(const int HD, const int NQ, int n, float scale, const nb_fp1
     enum { NA = 32 / W };
     const int ND = HD / W;
     float qf[ATTN_MAX_Q] __attribute__((aligned(64)));
-    float M[ATTN_MAX_NQ], S[ATTN_MAX_NQ];
-    float s[ATTN_MAX_NQ][ATTN_BLOCK], ms[ATTN_MAX_NQ][ATTN_BLOCK], vs[ATTN_MAX_NQ][ATTN_BLOCK];
+    /* per position, the queries side by side (padded to whole vectors of
+     * four for the softmax steps; the padding lanes are never used) */
+    float M[ATTN_MAX_NQ] = {0}, S[ATTN_MAX_NQ] = {0};
+    float s[ATTN_BLOCK][ATTN_MAX_NQ] = {{0}}, ms[ATTN_BLOCK][ATTN_MAX_NQ],
+          vs[ATTN_BLOCK][ATTN_MAX_NQ];
     VEC acc[16];
 
 #pragma GCC unroll 16
@@ -55,18 +57,15 @@ ATTN_FN(attn_group)(const int HD, const int NQ, int n, float scale, const nb_fp1
 #pragma GCC unroll 16
                 for (int d = 0; d < ND; d++)
                     a[d % NA] = VFMA(k[d], VLOAD(qf + q * HD + d * W), a[d % NA]);
-                s[q][p] = VDOT_SUM(a) * scale;
+                s[p][q] = VDOT_SUM(a) * scale;
             }
         }
-#pragma GCC unroll 16
-        for (int q = 0; q < NQ; q++)
-            for (int p = 0; p < np; p++)
-                ms[q][p] = nbi_attn_step(s[q][p], &M[q], &S[q], &vs[q][p]);
+        attn_softmax(NQ, np, s, M, S, ms, vs);
         for (int p = 0; p < np; p++) {
 #pragma GCC unroll 16
             for (int q = 0; q < NQ; q++)
-                if (ms[q][p] != 1.0f) {
-                    const VEC m = VSET1(ms[q][p]);
+                if (ms[p][q] != 1.0f) {
+                    const VEC m = VSET1(ms[p][q]);
 #pragma GCC unroll 16
                     for (int d = 0; d < ND; d++)
                         acc[q * ND + d] = VROUND16(VMUL(acc[q * ND + d], m));
@@ -77,7 +76,7 @@ ATTN_FN(attn_group)(const int HD, const int NQ, int n, float scale, const nb_fp1
                 const VEC v = VLOADH(vr + d * W);
 #pragma GCC unroll 16
                 for (int q = 0; q < NQ; q++)
-                    acc[q * ND + d] = VROUND16(VFMA(v, VSET1(vs[q][p]), acc[q * ND + d]));
+                    acc[q * ND + d] = VROUND16(VFMA(v, VSET1(vs[p][q]), acc[q * ND + d]));
             }
         }
     }

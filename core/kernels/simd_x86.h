@@ -156,6 +156,8 @@ NBX_DECLARE_Q4_TILE(nbi_avx512vnni_iq4_nl_tile)
 /* Attention (attn_avx2.c): installs the 512-bit kernel when avx512 is
  * set, else the 256-bit one; both fall back to the generic loop. */
 void nbi_avx2_add_attn(nbi_kernels *k, int avx512);
+/* glibc's expf on four lanes, bit for bit (attn_avx2.c says how). */
+__m128 nbi_avx2_expf4(__m128 x);
 void nbi_avx2_attn_f16_generic(int hd, int nq, int n, float scale, const nb_fp16 *q16,
                                const nb_fp16 *K, const nb_fp16 *V, size_t kv_stride, float *out,
                                nb_fp16 *acc);
