@@ -284,6 +284,21 @@ static ALWAYS_INLINE void load8_rows(const rows8 *r, __m256i P[4], __m256 *dx)
     *dx = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
 }
 
+/* Block blk of a generation group, with the prefetch ahead of it: packed
+ * (w0 the group's first row), or through r, which it advances. */
+static ALWAYS_INLINE void gen8_load(rows8 *r, const uint8_t *w0, size_t ws, int blk, __m256i P[4],
+                                   __m256 *dx, int packed)
+{
+    if (packed) {
+        prefetch_packed(w0, blk);
+        loadp8(w0, blk, P, dx);
+    } else {
+        prefetch_next(w0, 8 * ws, blk);
+        load8_rows(r, P, dx);
+        rows8_next(r);
+    }
+}
+
 /* Whether group kernels may take the gen8 path: one activation row, eight
  * real rows, and row offsets that fit the gather's int32 indices. */
 static ALWAYS_INLINE int gen8_ok(int nr, int cc, size_t ahead)
@@ -302,14 +317,7 @@ static ALWAYS_INLINE void gen8_q4_0(const uint8_t *w0, size_t ws, int b0, int bb
     for (int b = 0; b < bb; b++, y += BLK_A) {
         __m256i P[4];
         __m256 dx;
-        if (packed) {
-            prefetch_packed(w0, b0 + b);
-            loadp8(w0, b0 + b, P, &dx);
-        } else {
-            prefetch_next(w0, 8 * ws, b0 + b);
-            load8_rows(&r, P, &dx);
-            rows8_next(&r);
-        }
+        gen8_load(&r, w0, ws, b0 + b, P, &dx, packed);
         /* int16 lanes 2i and 2i+1 collect row i's products */
         __m256i p[4];
 #pragma GCC unroll 4
@@ -456,14 +464,7 @@ static VNNI_TARGET ALWAYS_INLINE void gen8_q4_0_vnni(const uint8_t *w0, size_t w
     for (int b = 0; b < bb; b++, y += BLK_A) {
         __m256i P[4];
         __m256 dx;
-        if (packed) {
-            prefetch_packed(w0, b0 + b);
-            loadp8(w0, b0 + b, P, &dx);
-        } else {
-            prefetch_next(w0, 8 * ws, b0 + b);
-            load8_rows(&r, P, &dx);
-            rows8_next(&r);
-        }
+        gen8_load(&r, w0, ws, b0 + b, P, &dx, packed);
         __m256i e = _mm256_set1_epi32(meta[b].corr), o = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
