@@ -13,7 +13,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -33,13 +32,6 @@ nb_client_params nb_client_default_params(void)
     p.autostart = 1;
     p.timeout_ms = 10000;
     return p;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
 static int try_connect(const char *path)
@@ -192,8 +184,8 @@ nb_status nb_client_connect(const nb_client_params *params, nb_client **out, cha
         nb_status st = start_daemon(nibd, model, path, p.nibd_args, err, errlen);
         if (st)
             return st;
-        double deadline = now_ms() + (p.timeout_ms > 0 ? p.timeout_ms : 10000);
-        while ((fd = try_connect(path)) < 0 && now_ms() < deadline)
+        double deadline = nbi_now_ms() + (p.timeout_ms > 0 ? p.timeout_ms : 10000);
+        while ((fd = try_connect(path)) < 0 && nbi_now_ms() < deadline)
             poll(NULL, 0, 20);
         if (fd < 0)
             return nbi_err(err, errlen, NB_ERR_IO,
@@ -247,7 +239,7 @@ nb_status nb_client_read(nb_client *c, char **line, size_t *len, int timeout_ms)
     *line = NULL;
     if (len)
         *len = 0;
-    double deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    double deadline = nbi_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
         char *nl = c->len > c->scan ? memchr(c->buf + c->scan, '\n', c->len - c->scan) : NULL;
         if (nl) {
@@ -270,7 +262,7 @@ nb_status nb_client_read(nb_client *c, char **line, size_t *len, int timeout_ms)
             return NB_ERR_IO;
         int wait = -1;
         if (timeout_ms >= 0) {
-            double left = deadline - now_ms();
+            double left = deadline - nbi_now_ms();
             wait = left > 0 ? (int)left + 1 : 0;
         }
         struct pollfd pf = {c->fd, POLLIN, 0};

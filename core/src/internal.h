@@ -61,6 +61,9 @@ int nbi_strmap_put(nbi_strmap *m, const char *key, size_t len, int32_t val, int3
 /* Value for key, or -1. */
 int32_t nbi_strmap_get(const nbi_strmap *m, const char *key, size_t len);
 
+/* Milliseconds on the monotonic clock (an arbitrary origin). */
+double nbi_now_ms(void);
+
 /* Length of the valid UTF-8 sequence starting at s (1..4), or 0 when the
  * bytes at s do not start a valid, complete sequence within n bytes. */
 int nbi_utf8_valid_len(const unsigned char *s, size_t n);

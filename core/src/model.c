@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "../kernels/kernels.h"
@@ -453,13 +452,6 @@ static void pack_task(void *arg, int ith, int nth)
                   (const uint8_t *)t->data + (size_t)lo * group, j->dst + (size_t)lo * group);
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 /* Copy the packable matrices into one anonymous mapping in the packed
  * layout.  Each tensor's file pages are released as soon as it is copied
  * (when the file is mapped), so the peak stays near the model's size
@@ -481,7 +473,7 @@ static nb_status pack_weights(nb_model *m, char *err, size_t errlen)
         free(list);
         return NB_OK;
     }
-    const double t0 = now_ms();
+    const double t0 = nbi_now_ms();
     void *mem = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) {
         free(list);
@@ -514,7 +506,7 @@ static nb_status pack_weights(nb_model *m, char *err, size_t errlen)
     nbi_pool_free(pool);
     m->packed = mem;
     m->packed_size = total;
-    m->pack_ms = now_ms() - t0;
+    m->pack_ms = nbi_now_ms() - t0;
     free(list);
     return NB_OK;
 }

@@ -1,10 +1,12 @@
 /*
  * util.c - small shared pieces: status strings, error formatting,
- * checked allocation, a string hash map and UTF-8 helpers.
+ * checked allocation, the monotonic clock, a string hash map and UTF-8
+ * helpers.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -60,6 +62,13 @@ void *nbi_malloc_array(size_t n, size_t size)
     if (__builtin_mul_overflow(n, size, &total))
         return NULL;
     return malloc(total ? total : 1);
+}
+
+double nbi_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
 /* ------------------------------------------------------------------ map */
