@@ -23,6 +23,7 @@
  * path; others go to the generic loop over basic_avx2.c's operations.
  */
 #include <math.h>
+#include <pthread.h>
 
 #include "attn.h"
 #include "simd_x86.h"
@@ -43,9 +44,9 @@
  * operations on four lanes; lanes with |x| >= 88 or NaN (overflow,
  * underflow and the special values, where glibc branches) are handed to
  * the C library itself.  Since a C library may compute expf differently,
- * nbi_avx2_add_attn first compares expf4 with the expf it links against
- * on a spread of arguments, and uses it only if every result is the same;
- * otherwise each step calls expf.
+ * the first attention compares expf4 with the expf it links against on a
+ * spread of arguments, and expf4 is used only if every result is the
+ * same; otherwise each step calls expf.
  */
 static const uint64_t exp2_tab[32] = {
     0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51,
@@ -104,16 +105,57 @@ __m128 nbi_avx2_expf4(__m128 x)
     return expf4(x);
 }
 
+/* expf4 against expf: every argument from -104 to 0 in steps of about
+ * 0.0004 (each float in a rotating position of its step), the range
+ * where the steps' arguments fall, and the special values. */
+static int expf4_agrees(void)
+{
+    static const float special[] = {0.0f, -0.0f, -INFINITY, INFINITY, NAN, -88.0f, -87.99f,
+                                    -103.28f, -103.97f, -104.5f, 88.7f, -1e-30f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) {
+        const float e = expf(special[i]), g = _mm_cvtss_f32(nbi_avx2_expf4(_mm_set1_ps(special[i])));
+        if (memcmp(&e, &g, 4) != 0)
+            return 0;
+    }
+    for (int i = 0; i < 262144; i += 4) {
+        float x[4], g[4];
+        for (int j = 0; j < 4; j++)
+            x[j] = -104.0f * (float)(i + j) / 262144.0f;
+        _mm_storeu_ps(g, nbi_avx2_expf4(_mm_loadu_ps(x)));
+        for (int j = 0; j < 4; j++) {
+            const float e = expf(x[j]);
+            if (memcmp(&e, &g[j], 4) != 0)
+                return 0;
+        }
+    }
+    return 1;
+}
+
 static int vector_exp; /* expf4 agrees with this C library's expf */
+static pthread_once_t vector_exp_once = PTHREAD_ONCE_INIT;
+
+static void vector_exp_check(void)
+{
+    vector_exp = expf4_agrees();
+}
+
+/* The check runs once, on the first attention (a couple of milliseconds:
+ * not at start-up, which every process pays, attention or not). */
+static int use_vector_exp(void)
+{
+    pthread_once(&vector_exp_once, vector_exp_check);
+    return vector_exp;
+}
 
 /* The softmax steps of np positions for nq queries (nbi_attn_step, four
- * queries at a time when vector_exp is set): s[p][q] the scores, M and S
- * each query's running maximum and sum, ms and vs each step's factors. */
+ * queries at a time when use_vector_exp says so): s[p][q] the scores, M
+ * and S each query's running maximum and sum, ms and vs each step's
+ * factors. */
 static inline __attribute__((always_inline)) void
 attn_softmax(int nq, int np, float s[][ATTN_MAX_NQ], float *M, float *S,
              float ms[][ATTN_MAX_NQ], float vs[][ATTN_MAX_NQ])
 {
-    if (!vector_exp) {
+    if (!use_vector_exp()) {
         for (int q = 0; q < nq; q++)
             for (int p = 0; p < np; p++)
                 ms[p][q] = nbi_attn_step(s[p][q], &M[q], &S[q], &vs[p][q]);
@@ -190,34 +232,7 @@ static inline ATTN_TARGET float attn_sum16(__m512 t)
 
 #include "attn_x86.h"
 
-/* expf4 against expf: every argument from -104 to 0 in steps of about
- * 0.0004 (each float in a rotating position of its step), the range
- * where the steps' arguments fall, and the special values. */
-static int expf4_agrees(void)
-{
-    static const float special[] = {0.0f, -0.0f, -INFINITY, INFINITY, NAN, -88.0f, -87.99f,
-                                    -103.28f, -103.97f, -104.5f, 88.7f, -1e-30f};
-    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) {
-        const float e = expf(special[i]), g = _mm_cvtss_f32(nbi_avx2_expf4(_mm_set1_ps(special[i])));
-        if (memcmp(&e, &g, 4) != 0)
-            return 0;
-    }
-    for (int i = 0; i < 262144; i += 4) {
-        float x[4], g[4];
-        for (int j = 0; j < 4; j++)
-            x[j] = -104.0f * (float)(i + j) / 262144.0f;
-        _mm_storeu_ps(g, nbi_avx2_expf4(_mm_loadu_ps(x)));
-        for (int j = 0; j < 4; j++) {
-            const float e = expf(x[j]);
-            if (memcmp(&e, &g[j], 4) != 0)
-                return 0;
-        }
-    }
-    return 1;
-}
-
 void nbi_avx2_add_attn(nbi_kernels *k, int avx512)
 {
-    vector_exp = expf4_agrees();
     k->attn_f16 = avx512 ? attn_f16_512 : attn_f16_256;
 }
